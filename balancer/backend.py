@@ -1,0 +1,40 @@
+"""One backend's live state inside one listener's pool.
+
+The proxy bumps ``active``/``total`` around each connection; policies only
+read them. Kept to plain slotted attributes because every connection touches
+them twice.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from balancer.endpoint import Endpoint
+
+
+class BackendState(str, Enum):
+    READY = "ready"
+    # Gone from discovery (or terminating): takes no new connections, keeps
+    # its live ones until they end or the drain deadline passes.
+    DRAINING = "draining"
+
+
+class Backend:
+    __slots__ = ("endpoint", "address", "host", "port", "state", "active", "total", "draining_since")
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.address = endpoint.address
+        self.host = endpoint.host
+        self.port = endpoint.port
+        self.state = BackendState.READY
+        self.active = 0
+        self.total = 0
+        self.draining_since: float | None = None
+
+    @property
+    def eligible(self) -> bool:
+        return self.state is BackendState.READY
+
+    def __repr__(self) -> str:
+        return f"Backend({self.address}, {self.state.value}, active={self.active})"

@@ -1,0 +1,114 @@
+"""A listener's backends: applies discovery snapshots and answers picks.
+
+Owns the address -> ``Backend`` map and the list of eligible backends. It
+decides which backends exist and in what state; it never closes connections
+(the proxy does that when told a backend is draining).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, field
+
+from balancer.backend import Backend, BackendState
+from balancer.endpoint import EndpointSet
+from balancer.policies import Policy
+
+
+@dataclass
+class PoolChange:
+    """What one snapshot did, for logs, metrics and drain timers."""
+
+    added: list[Backend] = field(default_factory=list)
+    draining: list[Backend] = field(default_factory=list)
+    restored: list[Backend] = field(default_factory=list)
+    removed: list[Backend] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.draining or self.restored or self.removed)
+
+
+class BackendPool:
+    __slots__ = ("policy", "_backends", "_eligible", "_snapshots")
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self._backends: dict[str, Backend] = {}
+        self._eligible: tuple[Backend, ...] = ()
+        self._snapshots = 0
+
+    # -- discovery side ---------------------------------------------------
+
+    def apply(self, snapshot: EndpointSet, now: float) -> PoolChange:
+        """Make the pool match ``snapshot``, keeping every known backend's load.
+
+        Unchanged endpoints keep their counters; new ones are eligible at
+        once; missing ones drain (or vanish at once when idle).
+        """
+        change = PoolChange()
+        self._snapshots += 1
+        for endpoint in snapshot:
+            backend = self._backends.get(endpoint.address)
+            if backend is None:
+                backend = Backend(endpoint)
+                self._backends[backend.address] = backend
+                change.added.append(backend)
+                continue
+            backend.endpoint = endpoint
+            if backend.state is BackendState.DRAINING:
+                backend.state = BackendState.READY
+                backend.draining_since = None
+                change.restored.append(backend)
+        for address, backend in list(self._backends.items()):
+            if address in snapshot or backend.state is BackendState.DRAINING:
+                continue
+            if backend.active == 0:
+                del self._backends[address]
+                change.removed.append(backend)
+            else:
+                backend.state = BackendState.DRAINING
+                backend.draining_since = now
+                change.draining.append(backend)
+        self._eligible = tuple(b for b in self._backends.values() if b.eligible)
+        return change
+
+    @property
+    def has_snapshot(self) -> bool:
+        return self._snapshots > 0
+
+    # -- data-plane side --------------------------------------------------
+
+    def pick(self, exclude: Collection[Backend] = ()) -> Backend | None:
+        return self.policy.pick(self._eligible, exclude)
+
+    def acquire(self, backend: Backend) -> None:
+        """Count a connection (or a connect attempt) against ``backend``.
+
+        Counted before the connect completes, so a burst of accepts spreads
+        instead of all seeing the same idle backend.
+        """
+        backend.active += 1
+
+    def release(self, backend: Backend) -> bool:
+        """Undo ``acquire``; True when this removed a fully drained backend."""
+        backend.active -= 1
+        if backend.active == 0 and backend.state is BackendState.DRAINING:
+            if self._backends.get(backend.address) is backend:
+                del self._backends[backend.address]
+                return True
+        return False
+
+    # -- views -------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Backend]:
+        return iter(list(self._backends.values()))
+
+    def __len__(self) -> int:
+        return len(self._backends)
+
+    @property
+    def eligible(self) -> tuple[Backend, ...]:
+        return self._eligible
+
+    def get(self, address: str) -> Backend | None:
+        return self._backends.get(address)

@@ -1,0 +1,109 @@
+"""``evenflow`` command line: ``run`` the proxy, ``check`` a config.
+
+Exit codes: 0 success; 1 a runtime failure (e.g. a port in use, or a second
+signal forcing exit); 2 a usage or config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from evenflow import __version__, logs
+from evenflow.config import Config, ConfigError, Overrides, apply_overrides, load_file
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_CONFIG = 2
+
+log = logging.getLogger("evenflow")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="evenflow", description="Connection-aware L4/L7 proxy for long-lived connections.")
+    parser.add_argument("--version", action="version", version=f"evenflow {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the proxy")
+    _add_config_flags(run)
+    run.add_argument("--log-format", choices=logs.FORMATS, default="text", help="log line format (default: text)")
+    run.add_argument("--log-level", choices=logs.LEVELS, default="info", help="least severe level logged (default: info)")
+
+    check = sub.add_parser("check", help="validate a config and exit")
+    _add_config_flags(check)
+
+    demo = sub.add_parser("demo", help="watch Evenflow balance long-lived connections (no cluster needed)")
+    demo.add_argument("--duration", type=float, default=30.0, help="seconds to run (default: 30)")
+    demo.add_argument("--admin", default="127.0.0.1:9901", help="admin address (default: 127.0.0.1:9901)")
+    return parser
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", metavar="FILE", help="YAML config file; flags given beside it override it")
+    p.add_argument("--listen", metavar="HOST:PORT", help="listen address (quick form, or override for a one-listener config)")
+    p.add_argument("--backend", metavar="HOST:PORT", action="append", default=[], help="a backend; repeat for more")
+    p.add_argument("--admin", metavar="HOST:PORT", help="admin server address (default: 127.0.0.1:9901)")
+    p.add_argument("--drain-timeout", metavar="DURATION", help="how long shutdown waits for live connections (default: 30s)")
+    p.add_argument("--connect-timeout", metavar="DURATION", help="per-backend connect timeout (default: 5s)")
+    p.add_argument("--idle-timeout", metavar="DURATION", help="close connections silent this long (default: off)")
+    p.add_argument("--max-connections", metavar="N", type=int, help="per-listener connection limit (default: 8192)")
+    p.add_argument("--policy", metavar="NAME", help="placement policy (default: least_connections)")
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    base = load_file(args.config) if args.config else None
+    return apply_overrides(
+        base,
+        Overrides(
+            listen=args.listen,
+            backends=tuple(args.backend),
+            admin=args.admin,
+            drain_timeout=args.drain_timeout,
+            connect_timeout=args.connect_timeout,
+            idle_timeout=args.idle_timeout,
+            max_connections=args.max_connections,
+            policy=args.policy,
+        ),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        from evenflow.demo import run_demo
+
+        return run_demo(duration=args.duration, admin=args.admin)
+    try:
+        config = load_config(args)
+    except ConfigError as exc:
+        print(f"evenflow: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check":
+        listeners = ", ".join(f"{lc.name} ({lc.protocol} {lc.listen})" for lc in config.listeners)
+        print(f"config ok: {len(config.listeners)} listener(s): {listeners}; admin {config.admin}")
+        return EXIT_OK
+    logs.setup(args.log_level, args.log_format)
+    return run(config)
+
+
+def run(config: Config) -> int:
+    import uvloop
+
+    from evenflow.runtime import Runtime
+
+    async def serve() -> int:
+        runtime = Runtime(config)
+        try:
+            await runtime.start()
+        except OSError as exc:
+            log.error(str(exc))
+            return EXIT_RUNTIME
+        runtime.install_signal_handlers()
+        await runtime.serve_until_signal()
+        log.info("stopped")
+        return EXIT_OK
+
+    return uvloop.run(serve())

@@ -1,0 +1,102 @@
+"""The admin HTTP server: metrics, health, and the live backend view.
+
+Read-only: nothing here changes proxy state. Served by aiohttp on the same
+loop as the data plane; a scrape costs one pass over the live connections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from proxy.metrics import ProxyCollector, make_registry
+
+if TYPE_CHECKING:
+    from proxy.listener import TcpListener
+
+
+class AdminState:
+    """What the admin server may read from the runtime."""
+
+    def __init__(self, listeners: Callable[[], Sequence[TcpListener]]) -> None:
+        self.listeners = listeners
+        self.serving = False
+        self.draining = False
+        self.registry: CollectorRegistry = make_registry([ProxyCollector(listeners, lambda: self.draining)])
+
+
+def backends_view(listeners: Sequence[TcpListener]) -> dict[str, Any]:
+    """The ``/backends`` document; its keys are a public contract."""
+    return {
+        "listeners": [
+            {
+                "name": listener.name,
+                "protocol": listener.config.protocol,
+                "listen": listener.address,
+                "connections": listener.active,
+                "backends": [
+                    {
+                        "address": backend.address,
+                        "state": backend.state.value,
+                        "active": backend.active,
+                        "total": backend.total,
+                    }
+                    for backend in sorted(listener.backends(), key=lambda b: b.address)
+                ],
+            }
+            for listener in listeners
+        ]
+    }
+
+
+def make_app(state: AdminState) -> web.Application:
+    async def metrics(_: web.Request) -> web.Response:
+        body = generate_latest(state.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        if state.draining:
+            return web.Response(status=503, text="draining\n")
+        if not state.serving:
+            return web.Response(status=503, text="starting\n")
+        return web.Response(text="ready\n")
+
+    async def backends(_: web.Request) -> web.Response:
+        return web.json_response(backends_view(state.listeners()))
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/backends", backends)
+    return app
+
+
+class AdminServer:
+    def __init__(self, state: AdminState, host: str, port: int) -> None:
+        self._runner = web.AppRunner(make_app(state), access_log=None, handle_signals=False)
+        self._host = host
+        self._port = port
+        self.port = port
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise OSError(exc.errno, f"admin: cannot listen on {self._host}:{self._port}: {exc.strerror or exc}") from None
+        server = site._server  # aiohttp keeps the asyncio server here; needed for port 0
+        if server is not None and server.sockets:
+            self.port = server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()

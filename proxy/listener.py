@@ -1,0 +1,286 @@
+"""A TCP listener: accepts clients, connects them to a backend, tracks them.
+
+Owns the listening socket, the set of live connections, the connect-and-retry
+loop, idle and drain deadlines, and the per-backend counters. Placement
+itself is the pool's call; splicing bytes is the relay's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from balancer.backend import Backend
+from balancer.endpoint import EndpointSet
+from balancer.pool import BackendPool, PoolChange
+from evenflow.config import ListenerConfig
+from proxy.relay import ClientSide
+from proxy.stats import BackendStats, ListenerStats
+
+log = logging.getLogger("evenflow.listener")
+access_log = logging.getLogger("evenflow.access")
+
+# The kernel caps this at net.core.somaxconn; a deep queue absorbs reconnect
+# storms after a pod restart instead of refusing SYNs.
+BACKLOG = 4096
+
+
+class ListenError(OSError):
+    pass
+
+
+class TcpListener:
+    def __init__(self, config: ListenerConfig, pool: BackendPool, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.name = config.name
+        self.pool = pool
+        self.loop = loop
+        self.connect_timeout = config.connect_timeout
+        self.max_connections = config.max_connections
+        self.connections: set[ClientSide] = set()
+        self.stats = ListenerStats()
+        self.backend_stats: dict[str, BackendStats] = {}
+        self.server: asyncio.AbstractServer | None = None
+        self.accepting = False
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._idle_task: asyncio.Task[None] | None = None
+        self._no_connections = asyncio.Event()
+        self._no_connections.set()
+
+    @property
+    def address(self) -> str:
+        return str(self.config.listen)
+
+    @property
+    def active(self) -> int:
+        return len(self.connections)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        host, port = self.config.listen.host, self.config.listen.port
+        try:
+            self.server = await self.loop.create_server(
+                lambda: ClientSide(self), host, port, backlog=BACKLOG, reuse_address=True
+            )
+        except OSError as exc:
+            raise ListenError(exc.errno, f"listener {self.name!r}: cannot listen on {self.address}: {exc.strerror or exc}") from None
+        self.accepting = True
+        if self.config.idle_timeout:
+            self._idle_task = self.loop.create_task(self._sweep_idle(self.config.idle_timeout))
+        log.info("listening", extra={"listener": self.name, "listen": self.address, "protocol": self.config.protocol})
+
+    @property
+    def bound_port(self) -> int:
+        """The port actually bound (differs from the config only for port 0 in tests)."""
+        assert self.server is not None and self.server.sockets
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def stop_accepting(self) -> None:
+        self.accepting = False
+        if self.server is not None:
+            self.server.close()
+
+    async def wait_idle(self) -> None:
+        await self._no_connections.wait()
+
+    def close_all(self, reason: str) -> int:
+        live = list(self.connections)
+        for conn in live:
+            conn.close(reason)
+        return len(live)
+
+    async def close(self) -> None:
+        self.stop_accepting()
+        for timer in self._timers:
+            timer.cancel()
+        if self._idle_task is not None:
+            self._idle_task.cancel()
+        if self.server is not None:
+            await self.server.wait_closed()
+
+    # -- discovery -------------------------------------------------------------
+
+    def apply(self, snapshot: EndpointSet) -> PoolChange:
+        change = self.pool.apply(snapshot, self.loop.time())
+        for backend in change.added:
+            self.backend_stats.setdefault(backend.address, BackendStats())
+            log.info("backend added", extra={"listener": self.name, "backend": backend.address})
+        for backend in change.restored:
+            log.info("backend restored", extra={"listener": self.name, "backend": backend.address})
+        for backend in change.removed:
+            self.backend_stats.pop(backend.address, None)
+            log.info("backend removed", extra={"listener": self.name, "backend": backend.address})
+        for backend in change.draining:
+            log.info(
+                "backend draining",
+                extra={"listener": self.name, "backend": backend.address, "active": backend.active,
+                       "drain_timeout": self.config.drain_timeout},
+            )
+            self._schedule_drain_deadline(backend)
+        return change
+
+    def _schedule_drain_deadline(self, backend: Backend) -> None:
+        def deadline() -> None:
+            self._timers.discard(handle)
+            if backend.draining_since is None or self.pool.get(backend.address) is not backend:
+                return  # restored, or already gone
+            closed = 0
+            for conn in list(self.connections):
+                if conn.backend is backend:
+                    conn.close("drain_timeout")
+                    closed += 1
+            if closed:
+                log.info("drain deadline", extra={"listener": self.name, "backend": backend.address, "closed": closed})
+
+        handle = self.loop.call_later(self.config.drain_timeout, deadline)
+        self._timers.add(handle)
+
+    # -- the connection path --------------------------------------------------
+
+    def accepted(self, conn: ClientSide) -> None:
+        """Called from ``connection_made``: admit the client or refuse it."""
+        self.stats.accepted += 1
+        if not self.accepting:
+            self._refuse(conn, "draining")
+        elif len(self.connections) >= self.max_connections:
+            self._refuse(conn, "max_connections")
+        elif not self.pool.eligible:
+            # Fail fast: a client waiting on an empty pool would only hang.
+            self._refuse(conn, "no_backends")
+        else:
+            self.connections.add(conn)
+            self._no_connections.clear()
+            conn.started = self.loop.time()
+            conn.connect_task = self.loop.create_task(self._connect(conn))
+
+    def _refuse(self, conn: ClientSide, reason: str) -> None:
+        self.stats.refuse(reason)
+        conn.pending = None
+        conn.finished = True
+        assert conn.transport is not None
+        conn.transport.abort()
+        log.debug("refused", extra={"listener": self.name, "client": _peer(conn), "reason": reason})
+
+    async def _connect(self, conn: ClientSide) -> None:
+        pool = self.pool
+        loop = self.loop
+        tried: list[Backend] = []
+        while True:
+            backend = pool.pick(tried)
+            if backend is None:
+                break
+            pool.acquire(backend)
+            stats = self.backend_stats.setdefault(backend.address, BackendStats())
+            t0 = loop.time()
+            try:
+                async with asyncio.timeout(self.connect_timeout):
+                    transport, _ = await loop.create_connection(conn.new_upstream, backend.host, backend.port)
+            except asyncio.CancelledError:
+                self._release(backend)
+                raise
+            except (OSError, TimeoutError) as exc:
+                self._release(backend)
+                stats.connect_errors += 1
+                timed_out = isinstance(exc, TimeoutError)
+                if timed_out:
+                    stats.connect_timeouts += 1
+                stats.connect_seconds.observe(loop.time() - t0)
+                log.warning(
+                    "connect failed",
+                    extra={"listener": self.name, "backend": backend.address, "client": _peer(conn),
+                           "error": "timeout" if timed_out else (exc.strerror or str(exc))},
+                )
+                tried.append(backend)
+                continue
+            now = loop.time()
+            stats.connect_seconds.observe(now - t0)
+            backend.total += 1
+            conn.attach(backend, stats, transport, now)  # type: ignore[arg-type]
+            return
+        # Every backend failed (or none was left): close before any byte went anywhere.
+        self.stats.refuse("backends_failed" if tried else "no_backends")
+        conn.reason = "connect_failed" if tried else "no_backends"
+        conn.pending = None
+        if conn.transport is not None:
+            conn.transport.abort()
+
+    def _release(self, backend: Backend) -> None:
+        if self.pool.release(backend):
+            self.backend_stats.pop(backend.address, None)
+            log.info("backend drained", extra={"listener": self.name, "backend": backend.address})
+
+    def finished(self, conn: ClientSide) -> None:
+        """Both sockets are gone: settle the books and write the access line."""
+        self.connections.discard(conn)
+        if not self.connections:
+            self._no_connections.set()
+        now = self.loop.time()
+        backend = conn.backend
+        up, down = conn.bytes_up, conn.bytes_down
+        if backend is not None:
+            stats = conn.stats
+            assert stats is not None
+            stats.bytes_up += up
+            stats.bytes_down += down
+            stats.duration_seconds.observe(now - conn.connected_at)
+            self._release(backend)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(
+                "connection end",
+                extra={
+                    "listener": self.name,
+                    "client": _peer(conn),
+                    "backend": backend.address if backend is not None else None,
+                    "duration": round(now - conn.started, 6),
+                    "bytes_up": up,
+                    "bytes_down": down,
+                    "end": conn.reason or "unknown",
+                },
+            )
+
+    # -- views -----------------------------------------------------------------
+
+    def live_bytes(self) -> dict[str, tuple[int, int]]:
+        """Bytes moved so far by live connections, per backend address."""
+        out: dict[str, tuple[int, int]] = {}
+        for conn in self.connections:
+            if conn.backend is not None:
+                up, down = out.get(conn.backend.address, (0, 0))
+                out[conn.backend.address] = (up + conn.bytes_up, down + conn.bytes_down)
+        return out
+
+    def backends(self) -> Iterable[Backend]:
+        return self.pool
+
+    # -- idle timeout ------------------------------------------------------------
+
+    async def _sweep_idle(self, idle_timeout: float) -> None:
+        # A sweep instead of a timer per connection: nothing is reset per
+        # chunk, and a connection is idle when its byte counts stop moving.
+        # Deadlines are honoured to within one sweep interval.
+        interval = min(max(idle_timeout / 10, 0.05), 5.0)
+        while True:
+            await asyncio.sleep(interval)
+            now = self.loop.time()
+            for conn in list(self.connections):
+                if conn.backend is None:
+                    continue
+                seen = conn.bytes_up + conn.bytes_down
+                if seen != conn.idle_seen:
+                    conn.idle_seen = seen
+                    conn.idle_since = now
+                elif now - conn.idle_since >= idle_timeout:
+                    conn.close("idle_timeout", abort=False)
+
+
+def _peer(conn: ClientSide) -> str | None:
+    transport = conn.transport
+    if transport is None:
+        return None
+    peer = transport.get_extra_info("peername")
+    if not peer:
+        return None
+    host, port = peer[0], peer[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

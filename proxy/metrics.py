@@ -1,0 +1,90 @@
+"""Prometheus exposition of the listeners' counters, built at scrape time.
+
+A custom collector reads the plain counters in ``proxy.stats`` and the pools;
+no metric object is touched on the data path. Names are part of the public
+contract (see docs/metrics.md): keep them, add new ones with ``evenflow_``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from proxy.stats import Histogram
+
+if TYPE_CHECKING:
+    from proxy.listener import TcpListener
+
+_BACKEND = ["listener", "backend"]
+
+
+class ProxyCollector(Collector):
+    def __init__(self, listeners: Callable[[], Sequence[TcpListener]], draining: Callable[[], bool]) -> None:
+        self._listeners = listeners
+        self._draining = draining
+
+    def collect(self) -> Iterator[Metric]:
+        active = GaugeMetricFamily("evenflow_backend_active_connections", "Connections open to a backend now.", labels=_BACKEND)
+        state = GaugeMetricFamily("evenflow_backend_state", "1 for the backend's current state.", labels=[*_BACKEND, "state"])
+        total = CounterMetricFamily("evenflow_backend_connections", "Connections made to a backend.", labels=_BACKEND)
+        nbytes = CounterMetricFamily(
+            "evenflow_backend_bytes", "Bytes relayed; upstream is client to backend.", labels=[*_BACKEND, "direction"]
+        )
+        errors = CounterMetricFamily(
+            "evenflow_backend_connect_errors", "Failed connects to a backend (timeouts included).", labels=_BACKEND
+        )
+        timeouts = CounterMetricFamily("evenflow_backend_connect_timeouts", "Connects that hit connect_timeout.", labels=_BACKEND)
+        connect = HistogramMetricFamily("evenflow_backend_connect_seconds", "Time to connect to a backend.", labels=_BACKEND)
+        duration = HistogramMetricFamily(
+            "evenflow_connection_duration_seconds", "Lifetime of proxied connections that ended.", labels=_BACKEND
+        )
+        l_active = GaugeMetricFamily("evenflow_listener_active_connections", "Client connections open now.", labels=["listener"])
+        l_accepted = CounterMetricFamily("evenflow_listener_accepted_connections", "Client connections accepted.", labels=["listener"])
+        l_refused = CounterMetricFamily(
+            "evenflow_listener_refused_connections", "Client connections closed unserved, by reason.", labels=["listener", "reason"]
+        )
+        l_backends = GaugeMetricFamily("evenflow_listener_backends", "Backends known to the listener, by state.", labels=["listener", "state"])
+        for listener in self._listeners():
+            name = listener.name
+            live = listener.live_bytes()
+            counts: dict[str, int] = {"ready": 0, "draining": 0}
+            for backend in listener.backends():
+                labels = [name, backend.address]
+                counts[backend.state.value] = counts.get(backend.state.value, 0) + 1
+                active.add_metric(labels, backend.active)
+                state.add_metric([*labels, backend.state.value], 1)
+                total.add_metric(labels, backend.total)
+                stats = listener.backend_stats.get(backend.address)
+                if stats is None:
+                    continue
+                up, down = live.get(backend.address, (0, 0))
+                nbytes.add_metric([*labels, "upstream"], stats.bytes_up + up)
+                nbytes.add_metric([*labels, "downstream"], stats.bytes_down + down)
+                errors.add_metric(labels, stats.connect_errors)
+                timeouts.add_metric(labels, stats.connect_timeouts)
+                _add_histogram(connect, labels, stats.connect_seconds)
+                _add_histogram(duration, labels, stats.duration_seconds)
+            l_active.add_metric([name], listener.active)
+            l_accepted.add_metric([name], listener.stats.accepted)
+            for reason, n in sorted(listener.stats.refused.items()):
+                l_refused.add_metric([name, reason], n)
+            for st, n in counts.items():
+                l_backends.add_metric([name, st], n)
+        draining = GaugeMetricFamily("evenflow_draining", "1 while the process is shutting down.")
+        draining.add_metric([], 1 if self._draining() else 0)
+        yield from (active, state, total, nbytes, errors, timeouts, connect, duration)
+        yield from (l_active, l_accepted, l_refused, l_backends, draining)
+
+
+def _add_histogram(family: HistogramMetricFamily, labels: list[str], hist: Histogram) -> None:
+    family.add_metric(labels, buckets=hist.cumulative(), sum_value=hist.sum)
+
+
+def make_registry(collectors: Iterable[Collector]) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    for collector in collectors:
+        registry.register(collector)
+    return registry

@@ -1,0 +1,228 @@
+"""The L4 relay: a pair of ``asyncio.Protocol`` objects splicing two sockets.
+
+Owns byte forwarding, backpressure, half-close and the end of a proxied
+connection. It does not choose backends (``balancer``) and does not parse
+anything: it moves bytes. Per-chunk work is one ``write`` and one integer add,
+with no awaits, no logging and no allocation of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from balancer.backend import Backend
+    from proxy.listener import TcpListener
+    from proxy.stats import BackendStats
+
+# Per-direction write buffer high/low water marks. 256 KiB keeps a bulk
+# stream from pausing on every read (uvloop reads up to 256 KiB at a time),
+# and bounds a connection whose reader stalls to about 512 KiB of proxy
+# memory: the buffer plus one chunk in flight.
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+# Client bytes that arrive before the backend is connected are held here;
+# past this the client is paused (uvloop ignores pause_reading() inside
+# connection_made(), so the first chunks can only be buffered).
+PENDING_LIMIT = 256 * 1024
+
+
+class _Side(asyncio.Protocol):
+    """One socket of the pair; ``out`` is the other socket's transport."""
+
+    __slots__ = ("transport", "out", "bytes", "eof", "lost")
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.out: asyncio.Transport | None = None
+        self.bytes = 0
+        self.eof = False
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, so no isinstance check.
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        # bytes from uvloop are immutable and never reused, so handing them
+        # to write() without a copy is safe even when the socket is full.
+        self.out.write(data)  # type: ignore[union-attr]
+        self.bytes += len(data)
+
+    def pause_writing(self) -> None:
+        # Our socket cannot take more: stop reading the socket that feeds it.
+        if self.out is not None:
+            self.out.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.out is not None:
+            self.out.resume_reading()
+
+
+class UpstreamSide(_Side):
+    """The socket to the backend; everything but forwarding is the client's."""
+
+    __slots__ = ("client",)
+
+    def __init__(self, client: ClientSide) -> None:
+        super().__init__()
+        self.client = client
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self.client.peer_eof(self, self.client)
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.client.side_lost(self, exc)
+
+
+class ClientSide(_Side):
+    """The accepted socket, and the owner of the proxied connection's life."""
+
+    __slots__ = (
+        "listener",
+        "upstream",
+        "backend",
+        "stats",
+        "pending",
+        "pending_size",
+        "started",
+        "connected_at",
+        "reason",
+        "connect_task",
+        "finished",
+        "idle_seen",
+        "idle_since",
+    )
+
+    def __init__(self, listener: TcpListener) -> None:
+        super().__init__()
+        self.listener = listener
+        self.upstream: UpstreamSide | None = None
+        self.backend: Backend | None = None
+        self.stats: BackendStats | None = None
+        self.pending: list[bytes] | None = []
+        self.pending_size = 0
+        self.started = 0.0
+        self.connected_at = 0.0
+        self.reason: str | None = None
+        self.connect_task: asyncio.Task[None] | None = None
+        self.finished = False
+        self.idle_seen = 0
+        self.idle_since = 0.0
+
+    # -- accept and connect ---------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.listener.accepted(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.out is not None:
+            self.out.write(data)
+            self.bytes += len(data)
+            return
+        pending = self.pending
+        if pending is None:  # refused or connect failed: nowhere to send it
+            return
+        pending.append(data)
+        self.pending_size += len(data)
+        if self.pending_size > PENDING_LIMIT:
+            self.transport.pause_reading()  # type: ignore[union-attr]
+
+    def new_upstream(self) -> UpstreamSide:
+        up = UpstreamSide(self)
+        self.upstream = up
+        return up
+
+    def attach(self, backend: Backend, stats: BackendStats, upstream: asyncio.Transport, now: float) -> None:
+        """The backend answered: flush what the client sent and start relaying."""
+        up = self.upstream
+        assert up is not None and self.transport is not None
+        self.backend = backend
+        self.stats = stats
+        self.connected_at = now
+        self.idle_since = now
+        self.out = upstream
+        up.out = self.transport
+        pending, self.pending = self.pending, None
+        if pending:
+            upstream.write(b"".join(pending))
+            self.bytes += self.pending_size
+            if self.pending_size > PENDING_LIMIT:
+                self.transport.resume_reading()
+        if self.eof:
+            upstream.write_eof()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        if self.out is not None:
+            self.peer_eof(self, self.upstream)
+        return True
+
+    # -- ending ------------------------------------------------------------------
+
+    def peer_eof(self, side: _Side, other: _Side | None) -> None:
+        """``side`` sent FIN: pass it on, and close once both directions ended."""
+        if self.reason is None:
+            self.reason = "client_closed" if side is self else "backend_closed"
+        out = side.out
+        if out is not None and not out.is_closing():
+            out.write_eof()
+        if other is not None and other.eof:
+            # Both directions are done; close() still flushes what is queued.
+            self.transport.close()  # type: ignore[union-attr]
+            if self.upstream is not None and self.upstream.transport is not None:
+                self.upstream.transport.close()
+
+    def side_lost(self, side: _Side, exc: Exception | None) -> None:
+        client_side = side is self
+        if self.reason is None:
+            who = "client" if client_side else "backend"
+            self.reason = f"{who}_error" if exc is not None else f"{who}_closed"
+        other: _Side | None = self.upstream if client_side else self
+        if other is not None and other.transport is not None and not other.lost:
+            # A clean end (the lost side had sent its FIN) lets the other
+            # side flush; an error is passed on as a reset, so a peer never
+            # mistakes a crash for a complete stream.
+            if exc is None or side.eof:
+                other.transport.close()
+            else:
+                other.transport.abort()
+        if client_side and self.connect_task is not None and not self.connect_task.done():
+            self.connect_task.cancel()
+        if self.lost and (self.upstream is None or self.upstream.lost or self.upstream.transport is None):
+            self._finish()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.side_lost(self, exc)
+
+    def close(self, reason: str, *, abort: bool = True) -> None:
+        """End the connection from the proxy's side (drain, idle, shutdown)."""
+        if self.reason is None:
+            self.reason = reason
+        for side in (self, self.upstream):
+            if side is not None and side.transport is not None and not side.lost:
+                if abort:
+                    side.transport.abort()
+                else:
+                    side.transport.close()
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.listener.finished(self)
+
+    @property
+    def bytes_up(self) -> int:
+        return self.bytes
+
+    @property
+    def bytes_down(self) -> int:
+        return self.upstream.bytes if self.upstream is not None else 0
