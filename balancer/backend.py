@@ -7,12 +7,12 @@ them twice.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 from balancer.endpoint import Endpoint
 
 
-class BackendState(str, Enum):
+class BackendState(StrEnum):
     READY = "ready"
     # Gone from discovery (or terminating): takes no new connections, keeps
     # its live ones until they end or the drain deadline passes.
@@ -20,7 +20,7 @@ class BackendState(str, Enum):
 
 
 class Backend:
-    __slots__ = ("endpoint", "address", "host", "port", "state", "active", "total", "draining_since")
+    __slots__ = ("active", "address", "draining_since", "endpoint", "host", "port", "state", "total")
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint

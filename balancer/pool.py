@@ -29,7 +29,7 @@ class PoolChange:
 
 
 class BackendPool:
-    __slots__ = ("policy", "_backends", "_eligible", "_snapshots")
+    __slots__ = ("_backends", "_eligible", "_snapshots", "policy")
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
@@ -92,11 +92,10 @@ class BackendPool:
     def release(self, backend: Backend) -> bool:
         """Undo ``acquire``; True when this removed a fully drained backend."""
         backend.active -= 1
-        if backend.active == 0 and backend.state is BackendState.DRAINING:
-            if self._backends.get(backend.address) is backend:
-                del self._backends[backend.address]
-                return True
-        return False
+        if backend.active or backend.state is not BackendState.DRAINING or self._backends.get(backend.address) is not backend:
+            return False
+        del self._backends[backend.address]
+        return True
 
     # -- views -------------------------------------------------------------
 

@@ -7,7 +7,6 @@ signal forcing exit); 2 a usage or config error.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Sequence

@@ -99,7 +99,7 @@ def parse_duration(value: Any, path: str) -> float:
 def parse_hostport(value: Any, path: str, *, allow_names: bool = True) -> HostPort:
     """``host:port`` or ``[v6]:port``; the host is an IP or a DNS name."""
     if not isinstance(value, str):
-        raise ConfigError(path, f"expected \"host:port\", got {value!r}")
+        raise ConfigError(path, f'expected "host:port", got {value!r}')
     text = value.strip()
     if text.startswith("["):
         host, sep, port_text = text[1:].partition("]:")
@@ -239,7 +239,7 @@ def _parse_backends(value: Any, path: str) -> StaticBackends:
         raise ConfigError(path, f"expected exactly one source ({', '.join(_BACKEND_KINDS)})")
     static = data["static"]
     if not isinstance(static, list):
-        raise ConfigError(f"{path}.static", "expected a list of \"host:port\"")
+        raise ConfigError(f"{path}.static", 'expected a list of "host:port"')
     endpoints = []
     for i, entry in enumerate(static):
         hp = parse_hostport(entry, f"{path}.static[{i}]")
@@ -252,10 +252,14 @@ def _check_unique(listeners: tuple[ListenerConfig, ...]) -> None:
     listens: dict[HostPort, int] = {}
     for i, listener in enumerate(listeners):
         if listener.name in names:
-            raise ConfigError(f"listeners[{i}].name", f"duplicate listener name {listener.name!r} (also listeners[{names[listener.name]}])")
+            raise ConfigError(
+                f"listeners[{i}].name", f"duplicate listener name {listener.name!r} (also listeners[{names[listener.name]}])"
+            )
         names[listener.name] = i
         if listener.listen in listens:
-            raise ConfigError(f"listeners[{i}].listen", f"{listener.listen} is already used by listeners[{listens[listener.listen]}]")
+            raise ConfigError(
+                f"listeners[{i}].listen", f"{listener.listen} is already used by listeners[{listens[listener.listen]}]"
+            )
         listens[listener.listen] = i
 
 
@@ -293,43 +297,41 @@ def apply_overrides(config: Config | None, ov: Overrides) -> Config:
     if config is None:
         if ov.listen is None or not ov.backends:
             raise ConfigError("", "give --config FILE, or --listen HOST:PORT with at least one --backend HOST:PORT")
-        config = Config(
-            listeners=(
-                ListenerConfig(
-                    name="default",
-                    listen=parse_hostport(ov.listen, "--listen"),
-                    backends=StaticBackends(()),
-                ),
-            )
+        quick = ListenerConfig(name="default", listen=parse_hostport(ov.listen, "--listen"), backends=StaticBackends(()))
+        config = Config(listeners=(quick,))
+    elif (ov.listen is not None or ov.backends) and len(config.listeners) != 1:
+        raise ConfigError(
+            "--listen/--backend",
+            f"can only override a config with exactly one listener (this one has {len(config.listeners)})",
         )
-    elif ov.listen is not None or ov.backends:
-        if len(config.listeners) != 1:
-            raise ConfigError("--listen/--backend", f"can only override a config with exactly one listener (this one has {len(config.listeners)})")
     if ov.admin is not None:
         config = replace(config, admin=parse_hostport(ov.admin, "--admin"))
     if ov.drain_timeout is not None:
+        # Listeners that inherited the top-level value follow the flag; a
+        # listener with its own drain_timeout keeps it.
         drain = parse_duration(ov.drain_timeout, "--drain-timeout")
-        old = config.drain_timeout
-        listeners = tuple(
-            replace(lc, drain_timeout=drain) if lc.drain_timeout == old else lc for lc in config.listeners
+        inherited = config.drain_timeout
+        config = replace(
+            config,
+            drain_timeout=drain,
+            listeners=tuple(replace(lc, drain_timeout=drain) if lc.drain_timeout == inherited else lc for lc in config.listeners),
         )
-        config = replace(config, drain_timeout=drain, listeners=listeners)
-    listeners = []
-    for lc in config.listeners:
-        if ov.listen is not None:
-            lc = replace(lc, listen=parse_hostport(ov.listen, "--listen"))
-        if ov.backends:
-            eps = tuple(Endpoint(hp.host, hp.port) for hp in (parse_hostport(b, "--backend") for b in ov.backends))
-            lc = replace(lc, backends=StaticBackends(eps))
-        if ov.connect_timeout is not None:
-            lc = replace(lc, connect_timeout=parse_duration(ov.connect_timeout, "--connect-timeout") or DEFAULT_CONNECT_TIMEOUT)
-        if ov.idle_timeout is not None:
-            lc = replace(lc, idle_timeout=parse_duration(ov.idle_timeout, "--idle-timeout") or None)
-        if ov.max_connections is not None:
-            lc = replace(lc, max_connections=_positive_int(ov.max_connections, "--max-connections"))
-        if ov.policy is not None:
-            if ov.policy not in POLICIES:
-                raise ConfigError("--policy", f"unknown policy {ov.policy!r} (known: {', '.join(sorted(POLICIES))})")
-            lc = replace(lc, policy=ov.policy)
-        listeners.append(lc)
-    return replace(config, listeners=tuple(listeners))
+    changes: dict[str, Any] = {}
+    if ov.listen is not None:
+        changes["listen"] = parse_hostport(ov.listen, "--listen")
+    if ov.backends:
+        hosts = [parse_hostport(b, "--backend") for b in ov.backends]
+        changes["backends"] = StaticBackends(tuple(Endpoint(hp.host, hp.port) for hp in hosts))
+    if ov.connect_timeout is not None:
+        changes["connect_timeout"] = parse_duration(ov.connect_timeout, "--connect-timeout") or DEFAULT_CONNECT_TIMEOUT
+    if ov.idle_timeout is not None:
+        changes["idle_timeout"] = parse_duration(ov.idle_timeout, "--idle-timeout") or None
+    if ov.max_connections is not None:
+        changes["max_connections"] = _positive_int(ov.max_connections, "--max-connections")
+    if ov.policy is not None:
+        if ov.policy not in POLICIES:
+            raise ConfigError("--policy", f"unknown policy {ov.policy!r} (known: {', '.join(sorted(POLICIES))})")
+        changes["policy"] = ov.policy
+    if changes:
+        config = replace(config, listeners=tuple(replace(lc, **changes) for lc in config.listeners))
+    return config

@@ -14,8 +14,8 @@ import random
 import resource
 import signal
 
-from balancer.pool import BackendPool
 from balancer.policies import make_policy
+from balancer.pool import BackendPool
 from discovery.base import Discovery
 from discovery.static import StaticDiscovery
 from evenflow.config import Config, ListenerConfig
@@ -76,7 +76,7 @@ class Runtime:
             await self.stop()
             raise
         self.admin_state.serving = True
-        log.info("ready", extra={"admin": f"http://{self.config.admin.host}:{self.admin.port}/"})
+        log.info("ready", extra={"admin": f"http://{self.config.admin}/"})
 
     async def _follow(self, listener: TcpListener, updates: object) -> None:
         async for snapshot in updates:  # type: ignore[attr-defined]

@@ -84,7 +84,6 @@ class AdminServer:
         self._runner = web.AppRunner(make_app(state), access_log=None, handle_signals=False)
         self._host = host
         self._port = port
-        self.port = port
 
     async def start(self) -> None:
         await self._runner.setup()
@@ -94,9 +93,6 @@ class AdminServer:
         except OSError as exc:
             await self._runner.cleanup()
             raise OSError(exc.errno, f"admin: cannot listen on {self._host}:{self._port}: {exc.strerror or exc}") from None
-        server = site._server  # aiohttp keeps the asyncio server here; needed for port 0
-        if server is not None and server.sockets:
-            self.port = server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         await self._runner.cleanup()

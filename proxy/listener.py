@@ -61,21 +61,15 @@ class TcpListener:
     async def start(self) -> None:
         host, port = self.config.listen.host, self.config.listen.port
         try:
-            self.server = await self.loop.create_server(
-                lambda: ClientSide(self), host, port, backlog=BACKLOG, reuse_address=True
-            )
+            self.server = await self.loop.create_server(lambda: ClientSide(self), host, port, backlog=BACKLOG, reuse_address=True)
         except OSError as exc:
-            raise ListenError(exc.errno, f"listener {self.name!r}: cannot listen on {self.address}: {exc.strerror or exc}") from None
+            raise ListenError(
+                exc.errno, f"listener {self.name!r}: cannot listen on {self.address}: {exc.strerror or exc}"
+            ) from None
         self.accepting = True
         if self.config.idle_timeout:
             self._idle_task = self.loop.create_task(self._sweep_idle(self.config.idle_timeout))
         log.info("listening", extra={"listener": self.name, "listen": self.address, "protocol": self.config.protocol})
-
-    @property
-    def bound_port(self) -> int:
-        """The port actually bound (differs from the config only for port 0 in tests)."""
-        assert self.server is not None and self.server.sockets
-        return int(self.server.sockets[0].getsockname()[1])
 
     def stop_accepting(self) -> None:
         self.accepting = False
@@ -115,8 +109,12 @@ class TcpListener:
         for backend in change.draining:
             log.info(
                 "backend draining",
-                extra={"listener": self.name, "backend": backend.address, "active": backend.active,
-                       "drain_timeout": self.config.drain_timeout},
+                extra={
+                    "listener": self.name,
+                    "backend": backend.address,
+                    "active": backend.active,
+                    "drain_timeout": self.config.drain_timeout,
+                },
             )
             self._schedule_drain_deadline(backend)
         return change
@@ -189,8 +187,12 @@ class TcpListener:
                 stats.connect_seconds.observe(loop.time() - t0)
                 log.warning(
                     "connect failed",
-                    extra={"listener": self.name, "backend": backend.address, "client": _peer(conn),
-                           "error": "timeout" if timed_out else (exc.strerror or str(exc))},
+                    extra={
+                        "listener": self.name,
+                        "backend": backend.address,
+                        "client": _peer(conn),
+                        "error": "timeout" if timed_out else (exc.strerror or str(exc)),
+                    },
                 )
                 tried.append(backend)
                 continue

@@ -42,11 +42,17 @@ class ProxyCollector(Collector):
             "evenflow_connection_duration_seconds", "Lifetime of proxied connections that ended.", labels=_BACKEND
         )
         l_active = GaugeMetricFamily("evenflow_listener_active_connections", "Client connections open now.", labels=["listener"])
-        l_accepted = CounterMetricFamily("evenflow_listener_accepted_connections", "Client connections accepted.", labels=["listener"])
-        l_refused = CounterMetricFamily(
-            "evenflow_listener_refused_connections", "Client connections closed unserved, by reason.", labels=["listener", "reason"]
+        l_accepted = CounterMetricFamily(
+            "evenflow_listener_accepted_connections", "Client connections accepted.", labels=["listener"]
         )
-        l_backends = GaugeMetricFamily("evenflow_listener_backends", "Backends known to the listener, by state.", labels=["listener", "state"])
+        l_refused = CounterMetricFamily(
+            "evenflow_listener_refused_connections",
+            "Client connections closed unserved, by reason.",
+            labels=["listener", "reason"],
+        )
+        l_backends = GaugeMetricFamily(
+            "evenflow_listener_backends", "Backends known to the listener, by state.", labels=["listener", "state"]
+        )
         for listener in self._listeners():
             name = listener.name
             live = listener.live_bytes()

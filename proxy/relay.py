@@ -31,7 +31,7 @@ PENDING_LIMIT = 256 * 1024
 class _Side(asyncio.Protocol):
     """One socket of the pair; ``out`` is the other socket's transport."""
 
-    __slots__ = ("transport", "out", "bytes", "eof", "lost")
+    __slots__ = ("bytes", "eof", "lost", "out", "transport")
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -84,19 +84,19 @@ class ClientSide(_Side):
     """The accepted socket, and the owner of the proxied connection's life."""
 
     __slots__ = (
-        "listener",
-        "upstream",
         "backend",
-        "stats",
-        "pending",
-        "pending_size",
-        "started",
-        "connected_at",
-        "reason",
         "connect_task",
+        "connected_at",
         "finished",
         "idle_seen",
         "idle_since",
+        "listener",
+        "pending",
+        "pending_size",
+        "reason",
+        "started",
+        "stats",
+        "upstream",
     )
 
     def __init__(self, listener: TcpListener) -> None:

@@ -52,7 +52,7 @@ class BackendStats:
     themselves, so nothing per chunk touches this object.
     """
 
-    __slots__ = ("bytes_up", "bytes_down", "connect_errors", "connect_timeouts", "connect_seconds", "duration_seconds")
+    __slots__ = ("bytes_down", "bytes_up", "connect_errors", "connect_seconds", "connect_timeouts", "duration_seconds")
 
     def __init__(self) -> None:
         self.bytes_up = 0

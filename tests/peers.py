@@ -297,3 +297,12 @@ async def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.02)
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+async def expect_closed(reader: asyncio.StreamReader, within: float = 5.0) -> None:
+    """Assert the proxy ends this connection (EOF or reset) within ``within`` seconds."""
+    try:
+        data = await asyncio.wait_for(reader.read(1), within)
+    except ConnectionError:
+        return
+    assert data == b"", f"expected the connection to be closed, got {data!r}"
