@@ -50,6 +50,9 @@ class ProxyCollector(Collector):
             "Client connections closed unserved, by reason.",
             labels=["listener", "reason"],
         )
+        l_spliced = CounterMetricFamily(
+            "evenflow_listener_spliced_connections", "Connections moved to kernel splicing as bulk flows.", labels=["listener"]
+        )
         l_backends = GaugeMetricFamily(
             "evenflow_listener_backends", "Backends known to the listener, by state.", labels=["listener", "state"]
         )
@@ -75,6 +78,7 @@ class ProxyCollector(Collector):
                 _add_histogram(duration, labels, stats.duration_seconds)
             l_active.add_metric([name], listener.active)
             l_accepted.add_metric([name], listener.stats.accepted)
+            l_spliced.add_metric([name], listener.stats.spliced)
             for reason, n in sorted(listener.stats.refused.items()):
                 l_refused.add_metric([name, reason], n)
             for st, n in counts.items():
@@ -82,7 +86,7 @@ class ProxyCollector(Collector):
         draining = GaugeMetricFamily("evenflow_draining", "1 while the process is shutting down.")
         draining.add_metric([], 1 if self._draining() else 0)
         yield from (active, state, total, nbytes, errors, timeouts, connect, duration)
-        yield from (l_active, l_accepted, l_refused, l_backends, draining)
+        yield from (l_active, l_accepted, l_refused, l_spliced, l_backends, draining)
 
 
 def _add_histogram(family: HistogramMetricFamily, labels: list[str], hist: Histogram) -> None:

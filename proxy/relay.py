@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from proxy import splice
+
 if TYPE_CHECKING:
     from balancer.backend import Backend
     from proxy.listener import TcpListener
@@ -26,12 +28,19 @@ LOW_WATER = 64 * 1024
 # past this the client is paused (uvloop ignores pause_reading() inside
 # connection_made(), so the first chunks can only be buffered).
 PENDING_LIMIT = 256 * 1024
+# Reads this large come from a sender that streams rather than converses
+# (a 64-byte request/response never gets near); after this many of them the
+# connection moves to kernel splicing. 16 x 32 KiB: past half a MiB of bulk.
+BULK_READ = 32 * 1024
+BULK_READS_TO_SPLICE = 16
 
 
 class _Side(asyncio.Protocol):
     """One socket of the pair; ``out`` is the other socket's transport."""
 
-    __slots__ = ("bytes", "eof", "lost", "out", "transport")
+    __slots__ = ("bytes", "conn", "eof", "lost", "out", "transport")
+
+    conn: ClientSide  # the connection's owner: the client side itself, or its peer
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -49,15 +58,21 @@ class _Side(asyncio.Protocol):
         # bytes from uvloop are immutable and never reused, so handing them
         # to write() without a copy is safe even when the socket is full.
         self.out.write(data)  # type: ignore[union-attr]
-        self.bytes += len(data)
+        n = len(data)
+        self.bytes += n
+        if n >= BULK_READ:
+            self.conn.bulk_read()
 
     def pause_writing(self) -> None:
         # Our socket cannot take more: stop reading the socket that feeds it.
-        if self.out is not None:
+        if self.out is not None and self.conn.splicer is None:
             self.out.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.out is not None:
+        splicer = self.conn.splicer
+        if splicer is not None:
+            splicer.drained()
+        elif self.out is not None:
             self.out.resume_reading()
 
 
@@ -69,6 +84,7 @@ class UpstreamSide(_Side):
     def __init__(self, client: ClientSide) -> None:
         super().__init__()
         self.client = client
+        self.conn = client
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -85,6 +101,7 @@ class ClientSide(_Side):
 
     __slots__ = (
         "backend",
+        "bulk_reads",
         "connect_task",
         "connected_at",
         "finished",
@@ -94,6 +111,7 @@ class ClientSide(_Side):
         "pending",
         "pending_size",
         "reason",
+        "splicer",
         "started",
         "stats",
         "upstream",
@@ -114,6 +132,9 @@ class ClientSide(_Side):
         self.finished = False
         self.idle_seen = 0
         self.idle_since = 0.0
+        self.bulk_reads = 0
+        self.splicer: splice.Splicer | None = None
+        self.conn = self
 
     # -- accept and connect ---------------------------------------------------
 
@@ -124,7 +145,10 @@ class ClientSide(_Side):
     def data_received(self, data: bytes) -> None:
         if self.out is not None:
             self.out.write(data)
-            self.bytes += len(data)
+            n = len(data)
+            self.bytes += n
+            if n >= BULK_READ:
+                self.bulk_read()
             return
         pending = self.pending
         if pending is None:  # refused or connect failed: nowhere to send it
@@ -164,6 +188,28 @@ class ClientSide(_Side):
             self.peer_eof(self, self.upstream)
         return True
 
+    # -- bulk flows ----------------------------------------------------------------
+
+    def bulk_read(self) -> None:
+        self.bulk_reads += 1
+        if self.bulk_reads != BULK_READS_TO_SPLICE or not splice.AVAILABLE:
+            return
+        up = self.upstream
+        # A flow with one direction already finished (a download after the
+        # client's FIN) moves too; its finished direction simply stays done.
+        if up is None or (self.eof and up.eof) or self.lost or up.lost or self.splicer is not None:
+            return
+        self.splicer = splice.Splicer(self, self.listener.loop)
+        self.splicer.begin()
+
+    def splice_refused(self) -> None:
+        """The switch could not happen (no descriptors left): keep relaying here."""
+        self.splicer = None
+        for side in (self, self.upstream):
+            if side is not None and side.transport is not None and not side.lost:
+                side.transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)  # type: ignore[attr-defined]
+                side.transport.resume_reading()
+
     # -- ending ------------------------------------------------------------------
 
     def peer_eof(self, side: _Side, other: _Side | None) -> None:
@@ -180,6 +226,8 @@ class ClientSide(_Side):
                 self.upstream.transport.close()
 
     def side_lost(self, side: _Side, exc: Exception | None) -> None:
+        if self.splicer is not None:
+            self.splicer.stop()
         client_side = side is self
         if self.reason is None:
             who = "client" if client_side else "backend"
@@ -206,6 +254,8 @@ class ClientSide(_Side):
         """End the connection from the proxy's side (drain, idle, shutdown)."""
         if self.reason is None:
             self.reason = reason
+        if self.splicer is not None:
+            self.splicer.stop()
         for side in (self, self.upstream):
             if side is not None and side.transport is not None and not side.lost:
                 if abort:

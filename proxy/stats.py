@@ -64,10 +64,11 @@ class BackendStats:
 
 
 class ListenerStats:
-    __slots__ = ("accepted", "refused")
+    __slots__ = ("accepted", "refused", "spliced")
 
     def __init__(self) -> None:
         self.accepted = 0
+        self.spliced = 0  # connections moved to kernel splicing
         # reason -> count; reasons: max_connections, no_backends, backends_failed, draining
         self.refused: dict[str, int] = {}
 

@@ -82,8 +82,13 @@ async def test_stalled_backend_pauses_a_flooding_client(proxy) -> None:
 
     flooding = asyncio.ensure_future(flood())
     await asyncio.sleep(1.5)
+    stalled_at = sent
+    await asyncio.sleep(1.0)
     assert not flooding.done()
-    assert sent < 32 * MiB, f"client pushed {sent} bytes into a backend that reads nothing"
+    # Kernel socket buffers on loopback autotune to several MiB each way, so
+    # the bound is loose; what matters is that the client is stopped.
+    assert sent == stalled_at, "the client kept sending into a backend that reads nothing"
+    assert sent < 64 * MiB, f"client pushed {sent} bytes into a backend that reads nothing"
     assert p.rss_kib() - baseline_kib < 16 * 1024
     stop_reading.set()
     await asyncio.wait_for(flooding, 30)
