@@ -199,6 +199,11 @@ class TcpListener:
             now = loop.time()
             stats.connect_seconds.observe(now - t0)
             backend.total += 1
+            if conn.finished:
+                # Both sides hung up while we were connecting: nothing to attach.
+                transport.close()
+                self._release(backend)
+                return
             conn.attach(backend, stats, transport, now)  # type: ignore[arg-type]
             return
         # Every backend failed (or none was left): close before any byte went anywhere.

@@ -86,6 +86,12 @@ class UpstreamSide(_Side):
         self.client = client
         self.conn = client
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        # A backend may speak first (a banner, a flood) before the connect
+        # task resumes to attach: its bytes must already have somewhere to go.
+        self.out = self.client.transport
+
     def eof_received(self) -> bool:
         self.eof = True
         self.client.peer_eof(self, self.client)

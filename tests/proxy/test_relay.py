@@ -123,3 +123,28 @@ async def test_backend_dying_mid_stream_closes_client_promptly(proxy) -> None:
     await expect_closed(reader)
     assert loop.time() - t0 < 1.0
     writer.close()
+
+
+async def test_backend_that_speaks_first_is_relayed_from_its_first_byte(proxy) -> None:
+    """Banner protocols (SSH, SMTP, MySQL): the backend writes before the client does,
+    often before the proxy has finished its own connect bookkeeping."""
+
+    class Banner(HashBackend):
+        async def serve(self, reader, writer):  # type: ignore[no-untyped-def]
+            writer.write(b"220 ready\r\n" * 5000)
+            await writer.drain()
+            writer.write_eof()
+            await reader.read()
+
+    (backend,) = await start_backends(1, Banner)
+    port = free_port()
+    proxy({"listeners": [tcp_listener(port, [backend.address])]})
+
+    async def one() -> bytes:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        data = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        return data
+
+    results = await asyncio.gather(*(one() for _ in range(50)))
+    assert all(r == b"220 ready\r\n" * 5000 for r in results)
