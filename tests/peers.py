@@ -105,23 +105,8 @@ class HashBackend(Backend):
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn_id, to_send = struct.unpack("!QQ", await reader.readexactly(16))
         sent_hash = hashlib.sha256()
-        got_hash = hashlib.sha256()
-        got = 0
-
-        async def send() -> None:
-            left = to_send
-            while left:
-                chunk = os.urandom(min(left, 1 << 20))
-                sent_hash.update(chunk)
-                writer.write(chunk)
-                await writer.drain()
-                left -= len(chunk)
-            writer.write_eof()
-
-        sender = asyncio.ensure_future(send())
-        while data := await reader.read(1 << 20):
-            got_hash.update(data)
-            got += len(data)
+        sender = asyncio.ensure_future(send_random(writer, to_send, sent_hash))
+        got_hash, got = await read_hashed(reader)
         await sender
         self.results[conn_id] = {"sent": sent_hash.hexdigest(), "got": got_hash.hexdigest(), "got_bytes": got}
 
@@ -151,28 +136,45 @@ async def start_backends(n: int, cls: type[Backend] = Backend) -> list[Backend]:
 # -- clients ---------------------------------------------------------------------
 
 
+async def send_random(writer: asyncio.StreamWriter, n: int, digest: Any) -> None:
+    """Write ``n`` random bytes (hashing them into ``digest``), then half-close."""
+    left = n
+    while left:
+        chunk = os.urandom(min(left, 1 << 20))
+        digest.update(chunk)
+        writer.write(chunk)
+        await writer.drain()
+        left -= len(chunk)
+    writer.write_eof()
+
+
+async def read_hashed(reader: asyncio.StreamReader) -> tuple[Any, int]:
+    """Read to EOF; return the SHA-256 of what came and its length."""
+    digest = hashlib.sha256()
+    got = 0
+    while data := await reader.read(1 << 20):
+        digest.update(data)
+        got += len(data)
+    return digest, got
+
+
+async def sock_read_hashed(sock: socket.socket, digest: Any, within: float = 30.0) -> int:
+    """Read a raw non-blocking socket to EOF into ``digest``; return the byte count."""
+    loop = asyncio.get_running_loop()
+    got = 0
+    while data := await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), within):
+        digest.update(data)
+        got += len(data)
+    return got
+
+
 async def hash_exchange(port: int, conn_id: int, up: int, down: int) -> dict[str, Any]:
     """Send ``up`` random bytes and half-close; read ``down`` bytes to EOF."""
     reader, writer = await asyncio.open_connection(HOST, port)
     sent_hash = hashlib.sha256()
-    got_hash = hashlib.sha256()
     writer.write(struct.pack("!QQ", conn_id, down))
-
-    async def send() -> None:
-        left = up
-        while left:
-            chunk = os.urandom(min(left, 1 << 20))
-            sent_hash.update(chunk)
-            writer.write(chunk)
-            await writer.drain()
-            left -= len(chunk)
-        writer.write_eof()
-
-    sender = asyncio.ensure_future(send())
-    got = 0
-    while data := await reader.read(1 << 20):
-        got_hash.update(data)
-        got += len(data)
+    sender = asyncio.ensure_future(send_random(writer, up, sent_hash))
+    got_hash, got = await read_hashed(reader)
     await sender
     writer.close()
     return {"sent": sent_hash.hexdigest(), "got": got_hash.hexdigest(), "got_bytes": got}

@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import socket
 
-from tests.peers import HOST, FloodBackend, free_port, start_backends, tcp_listener, wait_for
+from tests.peers import HOST, FloodBackend, free_port, sock_read_hashed, start_backends, tcp_listener, wait_for
 
 MiB = 1 << 20
 
@@ -41,13 +41,7 @@ async def test_stalled_client_bounds_proxy_memory_and_loses_nothing(proxy) -> No
 
     # Now read everything: every byte arrives, in order, and the flow finishes.
     digest = hashlib.sha256()
-    got = 0
-    while True:
-        data = await asyncio.wait_for(loop.sock_recv(sock, MiB), 30)
-        if not data:
-            break
-        digest.update(data)
-        got += len(data)
+    got = await sock_read_hashed(sock, digest)
     sock.close()
     assert got == 200 * MiB
     assert digest.hexdigest() == hashlib.sha256(b"x" * (200 * MiB)).hexdigest()

@@ -10,7 +10,18 @@ import asyncio
 import hashlib
 import socket
 
-from tests.peers import HOST, Backend, FloodBackend, HashBackend, expect_closed, free_port, start_backends, tcp_listener, wait_for
+from tests.peers import (
+    HOST,
+    Backend,
+    FloodBackend,
+    HashBackend,
+    expect_closed,
+    free_port,
+    sock_read_hashed,
+    start_backends,
+    tcp_listener,
+    wait_for,
+)
 
 MiB = 1 << 20
 
@@ -79,12 +90,7 @@ async def test_stalled_reader_bounds_a_spliced_flow(proxy) -> None:
     await asyncio.sleep(1.0)
     assert backend.sent == before, "backend kept writing into a stalled spliced flow"  # type: ignore[attr-defined]
     assert before - got < 48 * MiB
-    while True:
-        data = await asyncio.wait_for(loop.sock_recv(sock, MiB), 30)
-        if not data:
-            break
-        digest.update(data)
-        got += len(data)
+    got += await sock_read_hashed(sock, digest)
     sock.close()
     assert got == 300 * MiB
     assert digest.hexdigest() == hashlib.sha256(b"x" * (300 * MiB)).hexdigest()
