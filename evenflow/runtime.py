@@ -8,6 +8,7 @@ order and stops them in reverse.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import random
@@ -75,6 +76,10 @@ class Runtime:
         except BaseException:
             await self.stop()
             raise
+        # Everything allocated so far (modules, config, admin app) lives for the
+        # whole process: move it out of the collector's view so the
+        # collections that connection churn triggers scan only new objects.
+        gc.freeze()
         self.admin_state.serving = True
         log.info("ready", extra={"admin": f"http://{self.config.admin}/"})
 

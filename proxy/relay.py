@@ -109,6 +109,7 @@ class ClientSide(_Side):
         "backend",
         "bulk_reads",
         "connect_task",
+        "connect_timed_out",
         "connected_at",
         "finished",
         "idle_seen",
@@ -135,6 +136,7 @@ class ClientSide(_Side):
         self.connected_at = 0.0
         self.reason: str | None = None
         self.connect_task: asyncio.Task[None] | None = None
+        self.connect_timed_out = False
         self.finished = False
         self.idle_seen = 0
         self.idle_since = 0.0
@@ -222,14 +224,16 @@ class ClientSide(_Side):
         """``side`` sent FIN: pass it on, and close once both directions ended."""
         if self.reason is None:
             self.reason = "client_closed" if side is self else "backend_closed"
-        out = side.out
-        if out is not None and not out.is_closing():
-            out.write_eof()
-        if other is not None and other.eof:
-            # Both directions are done; close() still flushes what is queued.
-            self.transport.close()  # type: ignore[union-attr]
-            if self.upstream is not None and self.upstream.transport is not None:
-                self.upstream.transport.close()
+        if other is None or not other.eof:
+            out = side.out
+            if out is not None and not out.is_closing():
+                out.write_eof()
+            return
+        # Both directions are done. close() flushes what is queued and then
+        # sends the FIN itself, so no separate shutdown is needed.
+        self.transport.close()  # type: ignore[union-attr]
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.close()
 
     def side_lost(self, side: _Side, exc: Exception | None) -> None:
         if self.splicer is not None:
@@ -274,6 +278,14 @@ class ClientSide(_Side):
             return
         self.finished = True
         self.listener.finished(self)
+        # Both sockets are gone and no callback can come: break the
+        # client <-> upstream reference cycles so plain refcounting frees the
+        # pair at once instead of leaving it to the cyclic collector.
+        up = self.upstream
+        if up is not None:
+            up.client = up.conn = None  # type: ignore[assignment]
+        self.conn = None  # type: ignore[assignment]
+        self.splicer = None
 
     @property
     def bytes_up(self) -> int:

@@ -218,3 +218,4 @@ class Splicer:
             pump.close()
         for sock in self.socks:
             sock.close()
+        self.pumps = []  # each pump points back here: break the cycle
