@@ -15,6 +15,10 @@ class Endpoint:
     host: str
     port: int
     weight: int = 1
+    #: Still serving but on its way out (a Kubernetes endpoint with
+    #: ``terminating: true, serving: true``): keeps its live connections,
+    #: takes no new ones.
+    terminating: bool = False
 
     @property
     def address(self) -> str:

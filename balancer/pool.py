@@ -43,34 +43,41 @@ class BackendPool:
         """Make the pool match ``snapshot``, keeping every known backend's load.
 
         Unchanged endpoints keep their counters; new ones are eligible at
-        once; missing ones drain (or vanish at once when idle).
+        once; missing or terminating ones drain (or vanish at once when idle);
+        a draining one that comes back ready is restored.
         """
         change = PoolChange()
         self._snapshots += 1
         for endpoint in snapshot:
             backend = self._backends.get(endpoint.address)
             if backend is None:
-                backend = Backend(endpoint)
-                self._backends[backend.address] = backend
-                change.added.append(backend)
+                if not endpoint.terminating:  # a terminating stranger has nothing to keep
+                    backend = self._backends[endpoint.address] = Backend(endpoint)
+                    change.added.append(backend)
                 continue
             backend.endpoint = endpoint
-            if backend.state is BackendState.DRAINING:
+            if endpoint.terminating:
+                self._retire(backend, now, change)
+            elif backend.state is BackendState.DRAINING:
                 backend.state = BackendState.READY
                 backend.draining_since = None
                 change.restored.append(backend)
         for address, backend in list(self._backends.items()):
-            if address in snapshot or backend.state is BackendState.DRAINING:
-                continue
-            if backend.active == 0:
-                del self._backends[address]
-                change.removed.append(backend)
-            else:
-                backend.state = BackendState.DRAINING
-                backend.draining_since = now
-                change.draining.append(backend)
+            if address not in snapshot:
+                self._retire(backend, now, change)
         self._eligible = tuple(b for b in self._backends.values() if b.eligible)
         return change
+
+    def _retire(self, backend: Backend, now: float, change: PoolChange) -> None:
+        if backend.state is BackendState.DRAINING:
+            return
+        if backend.active == 0:
+            del self._backends[backend.address]
+            change.removed.append(backend)
+        else:
+            backend.state = BackendState.DRAINING
+            backend.draining_since = now
+            change.draining.append(backend)
 
     @property
     def has_snapshot(self) -> bool:

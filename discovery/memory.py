@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterable
 
 from balancer.endpoint import Endpoint, EndpointSet
+from discovery.base import SourceStatus
 
 
 class MemoryDiscovery:
@@ -14,6 +15,7 @@ class MemoryDiscovery:
     def __init__(self, endpoints: Iterable[Endpoint] = ()) -> None:
         self._current = EndpointSet(endpoints)
         self._changed = asyncio.Event()
+        self.status = SourceStatus()
 
     def set(self, endpoints: Iterable[Endpoint]) -> None:
         self._current = EndpointSet(endpoints)
@@ -29,6 +31,7 @@ class MemoryDiscovery:
             snapshot = self._current
             if snapshot != last:
                 last = snapshot
+                self.status.succeeded()
                 yield snapshot
             # Clear after reading so a set() between the read and the wait
             # is not lost.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable
 
 from balancer.endpoint import Endpoint, EndpointSet
+from discovery.base import SourceStatus
 
 
 class StaticDiscovery:
@@ -12,6 +13,8 @@ class StaticDiscovery:
 
     def __init__(self, endpoints: Iterable[Endpoint]) -> None:
         self._snapshot = EndpointSet(endpoints)
+        self.status = SourceStatus()
 
     async def updates(self) -> AsyncIterator[EndpointSet]:
+        self.status.succeeded()
         yield self._snapshot

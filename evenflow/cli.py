@@ -44,6 +44,14 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", metavar="FILE", help="YAML config file; flags given beside it override it")
     p.add_argument("--listen", metavar="HOST:PORT", help="listen address (quick form, or override for a one-listener config)")
     p.add_argument("--backend", metavar="HOST:PORT", action="append", default=[], help="a backend; repeat for more")
+    sources = p.add_mutually_exclusive_group()
+    sources.add_argument("--backends-file", metavar="PATH", help="backends from a file of host:port lines, followed live")
+    sources.add_argument(
+        "--dns", metavar="NAME:PORT|SRV-NAME", help="backends from DNS: A/AAAA of NAME with PORT, or an SRV name"
+    )
+    sources.add_argument(
+        "--k8s", metavar="[NS/]SERVICE:PORT", help="backends from the Service's EndpointSlices (PORT: number or name)"
+    )
     p.add_argument("--admin", metavar="HOST:PORT", help="admin server address (default: 127.0.0.1:9901)")
     p.add_argument("--drain-timeout", metavar="DURATION", help="how long shutdown waits for live connections (default: 30s)")
     p.add_argument("--connect-timeout", metavar="DURATION", help="per-backend connect timeout (default: 5s)")
@@ -59,6 +67,7 @@ def load_config(args: argparse.Namespace) -> Config:
         Overrides(
             listen=args.listen,
             backends=tuple(args.backend),
+            source=_source_flag(args),
             admin=args.admin,
             drain_timeout=args.drain_timeout,
             connect_timeout=args.connect_timeout,
@@ -67,6 +76,13 @@ def load_config(args: argparse.Namespace) -> Config:
             policy=args.policy,
         ),
     )
+
+
+def _source_flag(args: argparse.Namespace) -> tuple[str, str] | None:
+    for kind, value in (("backends-file", args.backends_file), ("dns", args.dns), ("k8s", args.k8s)):
+        if value is not None:
+            return kind, value
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

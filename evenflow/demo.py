@@ -24,8 +24,9 @@ import uvloop
 from balancer.endpoint import Endpoint
 from discovery.memory import MemoryDiscovery
 from evenflow import logs
-from evenflow.config import ConfigError, parse_config, parse_hostport
+from evenflow.config import ConfigError, parse_config
 from evenflow.runtime import Runtime
+from evenflow.values import parse_hostport
 
 HOST = "127.0.0.1"
 START_PODS = 3

@@ -8,6 +8,7 @@ order and stops them in reverse.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -20,6 +21,7 @@ from balancer.pool import BackendPool
 from discovery.base import Discovery
 from discovery.static import StaticDiscovery
 from evenflow.config import Config, ListenerConfig
+from evenflow.sources import DnsBackends, FileBackends, StaticBackends
 from proxy.admin import AdminServer, AdminState
 from proxy.listener import TcpListener
 
@@ -29,8 +31,30 @@ log = logging.getLogger("evenflow")
 FORCED_EXIT = 1
 
 
+# How long start-up waits for every source's first answer before opening the
+# listeners anyway: enough for static and file sources, short enough that an
+# unreachable API server does not delay the listeners noticeably.
+FIRST_ANSWER_GRACE = 1.0
+
+
 def discovery_for(config: ListenerConfig) -> Discovery:
-    return StaticDiscovery(config.backends.endpoints)
+    """Build the listener's source; heavy clients are imported only when used."""
+    backends = config.backends
+    if isinstance(backends, StaticBackends):
+        if not backends.endpoints:
+            log.warning("static backend list is empty: the listener will refuse every client", extra={"listener": config.name})
+        return StaticDiscovery(backends.endpoints)
+    if isinstance(backends, FileBackends):
+        from discovery.file import FileDiscovery
+
+        return FileDiscovery(backends.path)
+    if isinstance(backends, DnsBackends):
+        from discovery.dns import DnsDiscovery
+
+        return DnsDiscovery(backends)
+    from discovery.kubernetes import KubernetesDiscovery
+
+    return KubernetesDiscovery(backends)
 
 
 class Runtime:
@@ -47,9 +71,10 @@ class Runtime:
         self._discoveries = discoveries or {}
         self._rng = rng
         self._tasks: list[asyncio.Task[None]] = []
-        self.admin_state = AdminState(lambda: self.listeners)
+        self.admin_state = AdminState(lambda: self.listeners, self.readiness)
         self.admin: AdminServer | None = None
         self._stop = asyncio.Event()
+        self._all_synced = asyncio.Event()
         self._signals = 0
 
     # -- start ----------------------------------------------------------------
@@ -62,17 +87,17 @@ class Runtime:
             for lc in self.config.listeners:
                 pool = BackendPool(make_policy(lc.policy, self._rng))
                 listener = TcpListener(lc, pool, self.loop)
-                discovery = self._discoveries.get(lc.name) or discovery_for(lc)
-                # The first snapshot is applied before the socket opens, so
-                # the first client already has backends to go to.
-                updates = discovery.updates()
-                first = await anext(updates)
-                listener.apply(first)
-                if not len(first):
-                    log.warning("listener has no backends yet", extra={"listener": lc.name, "source": discovery.describe})
-                await listener.start()
+                listener.source = self._discoveries.get(lc.name) or discovery_for(lc)
                 self.listeners.append(listener)
-                self._tasks.append(self.loop.create_task(self._follow(listener, updates)))
+                self._tasks.append(self.loop.create_task(self._follow(listener, listener.source)))
+            # Give quick sources (static, file) a moment so the first clients
+            # find backends; slow ones (DNS, the API server) never hold up the
+            # listeners: until they answer, /readyz says so and clients are
+            # refused at once rather than left hanging.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_synced.wait(), FIRST_ANSWER_GRACE)
+            for listener in self.listeners:
+                await listener.start()
         except BaseException:
             await self.stop()
             raise
@@ -83,15 +108,44 @@ class Runtime:
         self.admin_state.serving = True
         log.info("ready", extra={"admin": f"http://{self.config.admin}/"})
 
-    async def _follow(self, listener: TcpListener, updates: object) -> None:
-        async for snapshot in updates:  # type: ignore[attr-defined]
+    async def _follow(self, listener: TcpListener, source: Discovery) -> None:
+        first = True
+        async for snapshot in source.updates():
             listener.apply(snapshot)
+            if first:
+                first = False
+                if not len(snapshot):
+                    log.warning(
+                        "listener has no backends",
+                        extra={"listener": listener.name, "source": source.describe, "why": source.status.error or "empty"},
+                    )
+                if all(other.synced for other in self.listeners):
+                    self._all_synced.set()
+
+    def readiness(self) -> str | None:
+        """None when ready; otherwise why not, for /readyz."""
+        if self.admin_state.draining:
+            return "draining"
+        if not self.admin_state.serving:
+            return "starting"
+        waiting = [listener.name for listener in self.listeners if not listener.synced]
+        if waiting:
+            return "waiting for discovery: " + ", ".join(waiting)
+        return None
+
+    def reload(self) -> None:
+        """SIGHUP: sources that can re-read now (the file source) do so."""
+        for listener in self.listeners:
+            reload = getattr(listener.source, "reload", None)
+            if reload is not None:
+                reload()
 
     # -- stop -----------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self._on_signal, sig)
+        self.loop.add_signal_handler(signal.SIGHUP, self.reload)
 
     def _on_signal(self, sig: signal.Signals) -> None:
         self._signals += 1

@@ -22,8 +22,10 @@ if TYPE_CHECKING:
 class AdminState:
     """What the admin server may read from the runtime."""
 
-    def __init__(self, listeners: Callable[[], Sequence[TcpListener]]) -> None:
+    def __init__(self, listeners: Callable[[], Sequence[TcpListener]], readiness: Callable[[], str | None]) -> None:
         self.listeners = listeners
+        #: None when ready to serve, else the reason it is not.
+        self.readiness = readiness
         self.serving = False
         self.draining = False
         self.registry: CollectorRegistry = make_registry([ProxyCollector(listeners, lambda: self.draining)])
@@ -38,6 +40,7 @@ def backends_view(listeners: Sequence[TcpListener]) -> dict[str, Any]:
                 "protocol": listener.config.protocol,
                 "listen": listener.address,
                 "connections": listener.active,
+                "discovery": discovery_view(listener),
                 "backends": [
                     {
                         "address": backend.address,
@@ -53,6 +56,19 @@ def backends_view(listeners: Sequence[TcpListener]) -> dict[str, Any]:
     }
 
 
+def discovery_view(listener: TcpListener) -> dict[str, Any]:
+    source = listener.source
+    if source is None:
+        return {"source": None, "synced": listener.synced, "error": None, "last_update_age": None}
+    age = source.status.age()
+    return {
+        "source": source.describe,
+        "synced": listener.synced,
+        "error": source.status.error,
+        "last_update_age": None if age is None else round(age, 3),
+    }
+
+
 def make_app(state: AdminState) -> web.Application:
     async def metrics(_: web.Request) -> web.Response:
         body = generate_latest(state.registry)
@@ -62,10 +78,9 @@ def make_app(state: AdminState) -> web.Application:
         return web.Response(text="ok\n")
 
     async def readyz(_: web.Request) -> web.Response:
-        if state.draining:
-            return web.Response(status=503, text="draining\n")
-        if not state.serving:
-            return web.Response(status=503, text="starting\n")
+        why = state.readiness()
+        if why is not None:
+            return web.Response(status=503, text=why + "\n")
         return web.Response(text="ready\n")
 
     async def backends(_: web.Request) -> web.Response:

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from balancer.backend import Backend
 from balancer.endpoint import EndpointSet
 from balancer.pool import BackendPool, PoolChange
+from discovery.base import Discovery
 from evenflow.config import ListenerConfig
 from proxy.relay import ClientSide
 from proxy.stats import BackendStats, ListenerStats
@@ -42,6 +43,7 @@ class TcpListener:
         self.stats = ListenerStats()
         self.backend_stats: dict[str, BackendStats] = {}
         self.server: asyncio.AbstractServer | None = None
+        self.source: Discovery | None = None
         self.accepting = False
         self._timers: set[asyncio.TimerHandle] = set()
         self._idle_task: asyncio.Task[None] | None = None
@@ -55,6 +57,11 @@ class TcpListener:
     @property
     def active(self) -> int:
         return len(self.connections)
+
+    @property
+    def synced(self) -> bool:
+        """Has discovery answered at least once?"""
+        return self.pool.has_snapshot
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -98,6 +105,9 @@ class TcpListener:
 
     def apply(self, snapshot: EndpointSet) -> PoolChange:
         change = self.pool.apply(snapshot, self.loop.time())
+        self.stats.endpoints_added += len(change.added)
+        self.stats.endpoints_removed += len(change.removed)
+        self.stats.endpoints_drained += len(change.draining)
         for backend in change.added:
             self.backend_stats.setdefault(backend.address, BackendStats())
             log.info("backend added", extra={"listener": self.name, "backend": backend.address})
@@ -234,6 +244,7 @@ class TcpListener:
 
     def _release(self, backend: Backend) -> None:
         if self.pool.release(backend):
+            self.stats.endpoints_removed += 1
             self.backend_stats.pop(backend.address, None)
             log.info("backend drained", extra={"listener": self.name, "backend": backend.address})
 

@@ -56,8 +56,41 @@ class ProxyCollector(Collector):
         l_backends = GaugeMetricFamily(
             "evenflow_listener_backends", "Backends known to the listener, by state.", labels=["listener", "state"]
         )
+        d_changes = CounterMetricFamily(
+            "evenflow_discovery_endpoint_changes",
+            "Backends that discovery added, turned draining, or removed.",
+            labels=["listener", "change"],
+        )
+        d_synced = GaugeMetricFamily(
+            "evenflow_discovery_synced", "1 once the listener's source has answered.", labels=["listener"]
+        )
+        d_healthy = GaugeMetricFamily(
+            "evenflow_discovery_healthy", "1 when the source's latest attempt succeeded.", labels=["listener", "source"]
+        )
+        d_age = GaugeMetricFamily(
+            "evenflow_discovery_last_update_age_seconds",
+            "Seconds since the source last answered successfully.",
+            labels=["listener"],
+        )
+        d_errors = CounterMetricFamily(
+            "evenflow_discovery_errors", "Failed discovery attempts, by reason.", labels=["listener", "source", "reason"]
+        )
         for listener in self._listeners():
             name = listener.name
+            st = listener.stats
+            d_changes.add_metric([name, "added"], st.endpoints_added)
+            d_changes.add_metric([name, "draining"], st.endpoints_drained)
+            d_changes.add_metric([name, "removed"], st.endpoints_removed)
+            d_synced.add_metric([name], 1 if listener.synced else 0)
+            source = listener.source
+            if source is not None:
+                status = source.status
+                d_healthy.add_metric([name, source.describe], 0 if status.error else 1)
+                age = status.age()
+                if age is not None:
+                    d_age.add_metric([name], age)
+                for reason, n in sorted(status.errors.items()):
+                    d_errors.add_metric([name, source.describe, reason], n)
             live = listener.live_bytes()
             counts: dict[str, int] = {"ready": 0, "draining": 0}
             for backend in listener.backends():
@@ -81,12 +114,13 @@ class ProxyCollector(Collector):
             l_spliced.add_metric([name], listener.stats.spliced)
             for reason, n in sorted(listener.stats.refused.items()):
                 l_refused.add_metric([name, reason], n)
-            for st, n in counts.items():
-                l_backends.add_metric([name, st], n)
+            for state_name, n in counts.items():
+                l_backends.add_metric([name, state_name], n)
         draining = GaugeMetricFamily("evenflow_draining", "1 while the process is shutting down.")
         draining.add_metric([], 1 if self._draining() else 0)
         yield from (active, state, total, nbytes, errors, timeouts, connect, duration)
         yield from (l_active, l_accepted, l_refused, l_spliced, l_backends, draining)
+        yield from (d_changes, d_synced, d_healthy, d_age, d_errors)
 
 
 def _add_histogram(family: HistogramMetricFamily, labels: list[str], hist: Histogram) -> None:

@@ -64,10 +64,15 @@ class BackendStats:
 
 
 class ListenerStats:
-    __slots__ = ("accepted", "refused", "spliced")
+    __slots__ = ("accepted", "endpoints_added", "endpoints_drained", "endpoints_removed", "refused", "spliced")
 
     def __init__(self) -> None:
         self.accepted = 0
+        # Discovery's effect on the pool: backends that appeared, turned
+        # draining, and left (idle at once, or after their last connection).
+        self.endpoints_added = 0
+        self.endpoints_drained = 0
+        self.endpoints_removed = 0
         self.spliced = 0  # connections moved to kernel splicing
         # reason -> count; reasons: max_connections, no_backends, backends_failed, draining
         self.refused: dict[str, int] = {}
