@@ -24,8 +24,8 @@ def proxy(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
     """Start ``evenflow run`` with a config dict; every started proxy is stopped."""
     started: list[ProxyProcess] = []
 
-    def start(config: dict[str, Any], *extra_args: str) -> ProxyProcess:
-        p = ProxyProcess(config, extra_args).start(tmp_path)
+    def start(config: dict[str, Any], *extra_args: str, ready: bool = True) -> ProxyProcess:
+        p = ProxyProcess(config, extra_args).start(tmp_path, ready=ready)
         started.append(p)
         return p
 

@@ -217,7 +217,8 @@ class ProxyProcess:
     def admin(self) -> str:
         return f"http://{HOST}:{self.admin_port}"
 
-    def start(self, tmp: Path) -> ProxyProcess:
+    def start(self, tmp: Path, *, ready: bool = True) -> ProxyProcess:
+        """Start it and wait for /readyz (or only /healthz with ``ready=False``)."""
         cfg = tmp / f"evenflow-{self.admin_port}.yaml"
         cfg.write_text(yaml.safe_dump(self.config))
         self.log_path = tmp / f"evenflow-{self.admin_port}.log"
@@ -228,7 +229,7 @@ class ProxyProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"evenflow exited with {self.proc.returncode}:\n{self.log_text()}")
             with contextlib.suppress(OSError):
-                if self.get("/readyz")[0] == 200:
+                if self.get("/readyz" if ready else "/healthz")[0] == 200:
                     return self
             time.sleep(0.05)
         raise RuntimeError(f"evenflow did not become ready:\n{self.log_text()}")

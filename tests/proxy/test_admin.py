@@ -35,6 +35,11 @@ async def test_backends_document_has_the_contract_shape(proxy) -> None:
     alpha, beta = doc["listeners"]
     assert (alpha["name"], alpha["protocol"], alpha["listen"]) == ("alpha", "tcp", f"127.0.0.1:{port_a}")
     assert beta["name"] == "beta"
+    for listener in (alpha, beta):
+        assert listener["discovery"]["source"] == "static"
+        assert listener["discovery"]["synced"] is True
+        assert listener["discovery"]["error"] is None
+        assert listener["discovery"]["last_update_age"] >= 0
     for listener in doc["listeners"]:
         for backend in listener["backends"]:
             assert {"address", "state", "active", "total"} <= set(backend)
