@@ -37,6 +37,11 @@ FORCED_EXIT = 1
 FIRST_ANSWER_GRACE = 1.0
 
 
+# Pause before restarting a source that crashed, so a persistent bug logs
+# once a second rather than spinning.
+SOURCE_RESTART_DELAY = 1.0
+
+
 def discovery_for(config: ListenerConfig) -> Discovery:
     """Build the listener's source; heavy clients are imported only when used."""
     backends = config.backends
@@ -109,7 +114,20 @@ class Runtime:
         log.info("ready", extra={"admin": f"http://{self.config.admin}/"})
 
     async def _follow(self, listener: TcpListener, source: Discovery) -> None:
-        first = True
+        # Sources report their own failures and never raise; this guard is for
+        # a bug in one, so that it restarts instead of freezing the listener
+        # on its last set without a word.
+        while True:
+            try:
+                await self._apply_updates(listener, source)
+                return
+            except Exception as exc:
+                source.status.failed("internal", f"discovery source crashed: {exc!r}")
+                log.exception("discovery source crashed; restarting it", extra={"listener": listener.name})
+                await asyncio.sleep(SOURCE_RESTART_DELAY)
+
+    async def _apply_updates(self, listener: TcpListener, source: Discovery) -> None:
+        first = not listener.synced
         async for snapshot in source.updates():
             listener.apply(snapshot)
             if first:

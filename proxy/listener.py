@@ -130,10 +130,12 @@ class TcpListener:
         return change
 
     def _schedule_drain_deadline(self, backend: Backend) -> None:
+        since = backend.draining_since
+
         def deadline() -> None:
             self._timers.discard(handle)
-            if backend.draining_since is None or self.pool.get(backend.address) is not backend:
-                return  # restored, or already gone
+            if backend.draining_since != since or self.pool.get(backend.address) is not backend:
+                return  # restored (and perhaps draining again, on a later deadline), or already gone
             closed = 0
             for conn in list(self.connections):
                 if conn.backend is backend:

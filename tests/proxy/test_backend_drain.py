@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from balancer.endpoint import Endpoint
+from balancer.endpoint import Endpoint, EndpointSet
 from discovery.memory import MemoryDiscovery
 from evenflow.config import parse_config
 from evenflow.runtime import Runtime
@@ -94,6 +94,65 @@ async def test_listener_with_no_backends_refuses_at_once() -> None:
         await wait_for(lambda: len(runtime.listeners[0].pool.eligible) == 1)
         async with held_connections(port, 1):
             assert server.active == 1
+    finally:
+        await runtime.drain(1)
+        await runtime.stop()
+
+
+async def test_backend_drained_restored_and_drained_again_gets_its_full_deadline() -> None:
+    """The first drain's timer must not cut the second drain short."""
+    (server, other) = await start_backends(2)
+    port, admin_port = free_port(), free_port()
+    config = parse_config(
+        {"admin": {"listen": f"{HOST}:{admin_port}"}, "listeners": [tcp_listener(port, [], name="main", drain_timeout="1s")]}
+    )
+    both = [Endpoint(HOST, server.port), Endpoint(HOST, other.port)]
+    source = MemoryDiscovery(both)
+    runtime = Runtime(config, discoveries={"main": source})
+    await runtime.start()
+    try:
+        async with held_connections(port, 2):
+            assert server.active == 1
+            source.set(both[1:])  # drain: deadline at t+1s
+            await wait_for(lambda: runtime.listeners[0].pool.get(server.address).state == "draining")  # type: ignore[union-attr]
+            await asyncio.sleep(0.6)
+            source.set(both)  # restored
+            await wait_for(lambda: runtime.listeners[0].pool.get(server.address).state == "ready")  # type: ignore[union-attr]
+            source.set(both[1:])  # draining again: deadline at t+1.6s
+            await asyncio.sleep(0.7)  # past the first deadline
+            assert server.active == 1, "the stale deadline closed a connection early"
+            await wait_for(lambda: server.active == 0, timeout=2)
+    finally:
+        await runtime.drain(1)
+        await runtime.stop()
+
+
+class _Broken:
+    describe = "broken"
+
+    def __init__(self) -> None:
+        from discovery.base import SourceStatus
+
+        self.status = SourceStatus()
+        self.calls = 0
+
+    async def updates(self):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("bug in a source")
+        yield EndpointSet([])
+
+
+async def test_a_crashing_source_is_restarted_and_reported() -> None:
+    port, admin_port = free_port(), free_port()
+    config = parse_config({"admin": {"listen": f"{HOST}:{admin_port}"}, "listeners": [tcp_listener(port, [], name="main")]})
+    source = _Broken()
+    runtime = Runtime(config, discoveries={"main": source})  # type: ignore[dict-item]
+    await runtime.start()
+    try:
+        assert source.status.errors == {"internal": 1}
+        await wait_for(lambda: runtime.listeners[0].synced, timeout=3)
+        assert source.calls == 2
     finally:
         await runtime.drain(1)
         await runtime.stop()
