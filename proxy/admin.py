@@ -81,7 +81,15 @@ def make_app(state: AdminState) -> web.Application:
         why = state.readiness()
         if why is not None:
             return web.Response(status=503, text=why + "\n")
-        return web.Response(text="ready\n")
+        # Ready, but a source in trouble (or an empty pool) is worth saying
+        # here too: an operator's first look is often this endpoint.
+        notes = [
+            f"listener {listener.name}: {listener.source.describe}: {listener.source.status.error}"
+            for listener in state.listeners()
+            if listener.source is not None and listener.source.status.error
+        ]
+        notes += [f"listener {listener.name}: no ready backends" for listener in state.listeners() if not listener.pool.eligible]
+        return web.Response(text="ready\n" + "".join(note + "\n" for note in notes))
 
     async def backends(_: web.Request) -> web.Response:
         return web.json_response(backends_view(state.listeners()))

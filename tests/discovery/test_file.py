@@ -140,5 +140,12 @@ async def test_readyz_waits_for_the_first_answer(proxy, tmp_path: Path) -> None:
     writer.close()
     path.write_text("127.0.0.1:1\n")
     await wait_for(lambda: p.get("/readyz")[0] == 200, timeout=5)
+    assert p.get("/readyz")[1] == b"ready\n"
+    # Broken again: still ready (it keeps serving the last set), and /readyz says why.
+    path.write_text("127.0.0.1:1\nbroken line\n")
+    await wait_for(lambda: b"bad address" in p.get("/readyz")[1], timeout=5)
+    assert p.get("/readyz")[0] == 200
+    path.write_text("")
+    await wait_for(lambda: p.get("/readyz") == (200, b"ready\nlistener main: no ready backends\n"), timeout=5)
     text = p.get("/metrics")[1].decode()
     assert f'evenflow_discovery_errors_total{{listener="main",reason="not_found",source="file:{path}"}}' in text
