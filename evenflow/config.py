@@ -29,7 +29,7 @@ from evenflow.values import (
 
 __all__ = ["Config", "ConfigError", "HostPort", "ListenerConfig", "Overrides", "apply_overrides", "load_file", "parse_config"]
 
-PROTOCOLS = ("tcp",)
+PROTOCOLS = ("tcp", "websocket")
 DEFAULT_ADMIN = "127.0.0.1:9901"
 DEFAULT_DRAIN_TIMEOUT = 30.0
 # Long enough for a cross-zone SYN retry (the first retransmit is at 1 s),
@@ -39,6 +39,17 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 # 20,000 open-files limit (common on small nodes) with room for the rest;
 # the runtime warns when the limit cannot hold max_connections.
 DEFAULT_MAX_CONNECTIONS = 8192
+# A real client sends its whole request head in one packet; 10 s is generous
+# for a slow mobile link and still cuts a slowloris client off.
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+# Request line plus headers, and the number of header fields: browsers stay
+# far below both; past them a request is a mistake or an attack (431).
+DEFAULT_MAX_HEADER_BYTES = 16 * 1024
+DEFAULT_MAX_HEADER_FIELDS = 100
+# Graceful WebSocket closes per second when a backend drains: fast enough to
+# move a thousand clients in 20 s, slow enough that they do not reconnect in
+# one burst.
+DEFAULT_CLOSE_RATE = 50.0
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,11 @@ class ListenerConfig:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     idle_timeout: float | None = None
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    # websocket listeners only
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    max_header_fields: int = DEFAULT_MAX_HEADER_FIELDS
+    close_rate: float = DEFAULT_CLOSE_RATE
 
 
 @dataclass(frozen=True)
@@ -75,7 +91,12 @@ _LISTENER_KEYS = (
     "connect_timeout",
     "idle_timeout",
     "max_connections",
+    "handshake_timeout",
+    "max_header_bytes",
+    "max_header_fields",
+    "close_rate",
 )
+_WEBSOCKET_ONLY = ("handshake_timeout", "max_header_bytes", "max_header_fields", "close_rate")
 
 
 def parse_config(data: Any) -> Config:
@@ -125,6 +146,21 @@ def _parse_listener(item: Any, path: str, default_drain: float) -> ListenerConfi
         raise ConfigError(f"{path}.connect_timeout", "must be greater than zero")
     if "idle_timeout" in data and data["idle_timeout"] not in (None, "off", 0):
         kwargs["idle_timeout"] = parse_duration(data["idle_timeout"], f"{path}.idle_timeout") or None
+    for key in _WEBSOCKET_ONLY:
+        if key in data and protocol != "websocket":
+            raise ConfigError(f"{path}.{key}", f"only for protocol websocket (this listener is {protocol})")
+    if "handshake_timeout" in data:
+        kwargs["handshake_timeout"] = parse_duration(data["handshake_timeout"], f"{path}.handshake_timeout")
+        if kwargs["handshake_timeout"] == 0:
+            raise ConfigError(f"{path}.handshake_timeout", "must be greater than zero")
+    for key in ("max_header_bytes", "max_header_fields"):
+        if key in data:
+            kwargs[key] = positive_int(data[key], f"{path}.{key}")
+    if "close_rate" in data:
+        rate = data["close_rate"]
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0:
+            raise ConfigError(f"{path}.close_rate", f"expected a positive number of closes per second, got {rate!r}")
+        kwargs["close_rate"] = float(rate)
     if "max_connections" in data:
         kwargs["max_connections"] = positive_int(data["max_connections"], f"{path}.max_connections")
     kwargs.setdefault("drain_timeout", default_drain)

@@ -24,11 +24,14 @@ from evenflow.config import Config, ListenerConfig
 from evenflow.sources import DnsBackends, FileBackends, StaticBackends
 from proxy.admin import AdminServer, AdminState
 from proxy.listener import TcpListener
+from proxy.websocket import WebSocketListener
 
 log = logging.getLogger("evenflow")
 
 # Exit code when a second signal cuts the drain short.
 FORCED_EXIT = 1
+
+LISTENERS: dict[str, type[TcpListener]] = {"tcp": TcpListener, "websocket": WebSocketListener}
 
 
 # How long start-up waits for every source's first answer before opening the
@@ -91,7 +94,7 @@ class Runtime:
         try:
             for lc in self.config.listeners:
                 pool = BackendPool(make_policy(lc.policy, self._rng))
-                listener = TcpListener(lc, pool, self.loop)
+                listener = LISTENERS[lc.protocol](lc, pool, self.loop)
                 listener.source = self._discoveries.get(lc.name) or discovery_for(lc)
                 self.listeners.append(listener)
                 self._tasks.append(self.loop.create_task(self._follow(listener, listener.source)))
@@ -188,6 +191,8 @@ class Runtime:
         self.admin_state.draining = True
         for listener in self.listeners:
             listener.stop_accepting()
+        for listener in self.listeners:
+            listener.begin_shutdown(timeout)
         live = sum(listener.active for listener in self.listeners)
         log.info("draining", extra={"connections": live, "drain_timeout": timeout})
         if live:

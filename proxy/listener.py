@@ -68,7 +68,7 @@ class TcpListener:
     async def start(self) -> None:
         host, port = self.config.listen.host, self.config.listen.port
         try:
-            self.server = await self.loop.create_server(lambda: ClientSide(self), host, port, backlog=BACKLOG, reuse_address=True)
+            self.server = await self.loop.create_server(self.new_client, host, port, backlog=BACKLOG, reuse_address=True)
         except OSError as exc:
             raise ListenError(
                 exc.errno, f"listener {self.name!r}: cannot listen on {self.address}: {exc.strerror or exc}"
@@ -77,6 +77,26 @@ class TcpListener:
         if self.config.idle_timeout:
             self._idle_task = self.loop.create_task(self._sweep_idle(self.config.idle_timeout))
         log.info("listening", extra={"listener": self.name, "listen": self.address, "protocol": self.config.protocol})
+
+    # -- protocol hooks (a WebSocket listener overrides these) ---------------
+
+    def new_client(self) -> ClientSide:
+        return ClientSide(self)
+
+    def admitted(self, conn: ClientSide) -> None:
+        """A client passed admission: raw TCP connects to a backend at once."""
+        conn.connect_task = self.loop.create_task(self._connect(conn))
+
+    def unserved(self, conn: ClientSide, reason: str) -> None:
+        """No backend could take the client: raw TCP can only reset it."""
+        if conn.transport is not None:
+            conn.transport.abort()
+
+    def backend_draining(self, backend: Backend) -> None:
+        """Called when a backend turns draining (its deadline is already set)."""
+
+    def begin_shutdown(self, drain_timeout: float) -> None:
+        """Called when the process starts draining, after accepting stopped."""
 
     def stop_accepting(self) -> None:
         self.accepting = False
@@ -127,6 +147,7 @@ class TcpListener:
                 },
             )
             self._schedule_drain_deadline(backend)
+            self.backend_draining(backend)
         return change
 
     def _schedule_drain_deadline(self, backend: Backend) -> None:
@@ -163,7 +184,7 @@ class TcpListener:
             self.connections.add(conn)
             self._no_connections.clear()
             conn.started = self.loop.time()
-            conn.connect_task = self.loop.create_task(self._connect(conn))
+            self.admitted(conn)
 
     def _refuse(self, conn: ClientSide, reason: str) -> None:
         self.stats.refuse(reason)
@@ -171,8 +192,7 @@ class TcpListener:
         conn.finished = True
         if log.isEnabledFor(logging.DEBUG):
             log.debug("refused", extra={"listener": self.name, "client": _peer(conn), "reason": reason})
-        assert conn.transport is not None
-        conn.transport.abort()
+        self.unserved(conn, reason)
 
     async def _connect(self, conn: ClientSide) -> None:
         try:
@@ -227,11 +247,11 @@ class TcpListener:
             conn.attach(backend, stats, transport, now)  # type: ignore[arg-type]
             return
         # Every backend failed (or none was left): close before any byte went anywhere.
-        self.stats.refuse("backends_failed" if tried else "no_backends")
+        reason = "backends_failed" if tried else "no_backends"
+        self.stats.refuse(reason)
         conn.reason = "connect_failed" if tried else "no_backends"
         conn.pending = None
-        if conn.transport is not None:
-            conn.transport.abort()
+        self.unserved(conn, reason)
 
     def _connect_failed(self, conn: ClientSide, backend: Backend, stats: BackendStats, t0: float, error: str) -> None:
         self._release(backend)

@@ -75,9 +75,21 @@ class ProxyCollector(Collector):
         d_errors = CounterMetricFamily(
             "evenflow_discovery_errors", "Failed discovery attempts, by reason.", labels=["listener", "source", "reason"]
         )
+        http_errors = CounterMetricFamily(
+            "evenflow_http_errors",
+            "Error responses the proxy sent itself (bad requests, no backends, ...).",
+            labels=["listener", "status"],
+        )
+        upgrades = CounterMetricFamily(
+            "evenflow_websocket_upgrades", "WebSocket handshakes the backend accepted.", labels=["listener"]
+        )
         for listener in self._listeners():
             name = listener.name
             st = listener.stats
+            if listener.config.protocol != "tcp":
+                upgrades.add_metric([name], st.upgrades)
+                for code, n in sorted(st.http_errors.items()):
+                    http_errors.add_metric([name, str(code)], n)
             d_changes.add_metric([name, "added"], st.endpoints_added)
             d_changes.add_metric([name, "draining"], st.endpoints_drained)
             d_changes.add_metric([name, "removed"], st.endpoints_removed)
@@ -120,7 +132,7 @@ class ProxyCollector(Collector):
         draining.add_metric([], 1 if self._draining() else 0)
         yield from (active, state, total, nbytes, errors, timeouts, connect, duration)
         yield from (l_active, l_accepted, l_refused, l_spliced, l_backends, draining)
-        yield from (d_changes, d_synced, d_healthy, d_age, d_errors)
+        yield from (d_changes, d_synced, d_healthy, d_age, d_errors, http_errors, upgrades)
 
 
 def _add_histogram(family: HistogramMetricFamily, labels: list[str], hist: Histogram) -> None:

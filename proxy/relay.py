@@ -86,11 +86,14 @@ class UpstreamSide(_Side):
         self.client = client
         self.conn = client
 
+    #: Relay backend bytes from the moment of connect: a backend may speak
+    #: first (a banner, a flood) before the connect task resumes to attach.
+    early_relay = True
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        # A backend may speak first (a banner, a flood) before the connect
-        # task resumes to attach: its bytes must already have somewhere to go.
-        self.out = self.client.transport
+        if self.early_relay:
+            self.out = self.client.transport
 
     def eof_received(self) -> bool:
         self.eof = True

@@ -64,7 +64,16 @@ class BackendStats:
 
 
 class ListenerStats:
-    __slots__ = ("accepted", "endpoints_added", "endpoints_drained", "endpoints_removed", "refused", "spliced")
+    __slots__ = (
+        "accepted",
+        "endpoints_added",
+        "endpoints_drained",
+        "endpoints_removed",
+        "http_errors",
+        "refused",
+        "spliced",
+        "upgrades",
+    )
 
     def __init__(self) -> None:
         self.accepted = 0
@@ -73,6 +82,10 @@ class ListenerStats:
         self.endpoints_added = 0
         self.endpoints_drained = 0
         self.endpoints_removed = 0
+        # HTTP listeners: error responses the proxy itself sent, by status,
+        # and handshakes the backend accepted with 101.
+        self.http_errors: dict[int, int] = {}
+        self.upgrades = 0
         self.spliced = 0  # connections moved to kernel splicing
         # reason -> count; reasons: max_connections, no_backends, backends_failed, draining
         self.refused: dict[str, int] = {}
