@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from balancer.backend import Backend, BackendState
 from balancer.endpoint import EndpointSet
-from balancer.policies import Policy
+from balancer.policies import NO_CONTEXT, PickContext, Policy
 
 
 @dataclass
@@ -85,8 +85,8 @@ class BackendPool:
 
     # -- data-plane side --------------------------------------------------
 
-    def pick(self, exclude: Collection[Backend] = ()) -> Backend | None:
-        return self.policy.pick(self._eligible, exclude)
+    def pick(self, exclude: Collection[Backend] = (), ctx: PickContext = NO_CONTEXT) -> Backend | None:
+        return self.policy.pick(self._eligible, exclude, ctx)
 
     def acquire(self, backend: Backend) -> None:
         """Count a connection (or a connect attempt) against ``backend``.
