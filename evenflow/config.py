@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from balancer.endpoint import Endpoint
-from balancer.policies import POLICIES
+from balancer.policies import DEFAULT_AFFINITY_TIMEOUT, DEFAULT_HASH_BALANCE_FACTOR, POLICIES
 from evenflow.sources import BackendsConfig, StaticBackends, parse_backends, parse_shorthand
 from evenflow.values import (
     NAME_RE,
@@ -68,6 +68,10 @@ class ListenerConfig:
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     max_header_fields: int = DEFAULT_MAX_HEADER_FIELDS
     close_rate: float = DEFAULT_CLOSE_RATE
+    # placement options (used by the policies that need them)
+    affinity_timeout: float = DEFAULT_AFFINITY_TIMEOUT
+    hash_on: str = "client_ip"
+    hash_balance_factor: float = DEFAULT_HASH_BALANCE_FACTOR
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,9 @@ _LISTENER_KEYS = (
     "max_header_bytes",
     "max_header_fields",
     "close_rate",
+    "affinity_timeout",
+    "hash_on",
+    "hash_balance_factor",
 )
 _WEBSOCKET_ONLY = ("handshake_timeout", "max_header_bytes", "max_header_fields", "close_rate")
 
@@ -161,6 +168,15 @@ def _parse_listener(item: Any, path: str, default_drain: float) -> ListenerConfi
         if isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0:
             raise ConfigError(f"{path}.close_rate", f"expected a positive number of closes per second, got {rate!r}")
         kwargs["close_rate"] = float(rate)
+    if "affinity_timeout" in data:
+        kwargs["affinity_timeout"] = parse_duration(data["affinity_timeout"], f"{path}.affinity_timeout")
+    if "hash_on" in data:
+        kwargs["hash_on"] = _hash_on(data["hash_on"], protocol, f"{path}.hash_on")
+    if "hash_balance_factor" in data:
+        factor = data["hash_balance_factor"]
+        if isinstance(factor, bool) or not isinstance(factor, int | float) or factor <= 1.0:
+            raise ConfigError(f"{path}.hash_balance_factor", f"expected a number above 1.0 (e.g. 1.25), got {factor!r}")
+        kwargs["hash_balance_factor"] = float(factor)
     if "max_connections" in data:
         kwargs["max_connections"] = positive_int(data["max_connections"], f"{path}.max_connections")
     kwargs.setdefault("drain_timeout", default_drain)
@@ -172,6 +188,19 @@ def _parse_listener(item: Any, path: str, default_drain: float) -> ListenerConfi
         policy=policy,
         **kwargs,
     )
+
+
+def _hash_on(value: Any, protocol: str, path: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(path, f"expected client_ip, header:NAME, cookie:NAME or query:NAME, got {value!r}")
+    kind, sep, name = value.partition(":")
+    if value == "client_ip":
+        return value
+    if kind not in ("header", "cookie", "query") or not sep or not name:
+        raise ConfigError(path, f"expected client_ip, header:NAME, cookie:NAME or query:NAME, got {value!r}")
+    if protocol == "tcp":
+        raise ConfigError(path, f"{kind}: needs an HTTP listener; a tcp listener can only hash on client_ip")
+    return value
 
 
 def _check_unique(listeners: tuple[ListenerConfig, ...]) -> None:

@@ -16,7 +16,7 @@ import random
 import resource
 import signal
 
-from balancer.policies import make_policy
+from balancer.policies import PolicyOptions, make_policy
 from balancer.pool import BackendPool
 from discovery.base import Discovery
 from discovery.static import StaticDiscovery
@@ -93,7 +93,8 @@ class Runtime:
         await self.admin.start()
         try:
             for lc in self.config.listeners:
-                pool = BackendPool(make_policy(lc.policy, self._rng))
+                options = PolicyOptions(affinity_timeout=lc.affinity_timeout, hash_balance_factor=lc.hash_balance_factor)
+                pool = BackendPool(make_policy(lc.policy, self._rng, options))
                 listener = LISTENERS[lc.protocol](lc, pool, self.loop)
                 listener.source = self._discoveries.get(lc.name) or discovery_for(lc)
                 self.listeners.append(listener)

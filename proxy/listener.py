@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 from balancer.backend import Backend
 from balancer.endpoint import EndpointSet
+from balancer.policies import NO_CONTEXT, PickContext
 from balancer.pool import BackendPool, PoolChange
 from discovery.base import Discovery
 from evenflow.config import ListenerConfig
@@ -202,12 +203,20 @@ class TcpListener:
             # connection's whole life: most of a kilobyte per idle connection.
             conn.connect_task = None
 
+    def pick_context(self, conn: ClientSide) -> PickContext:
+        """What the policy needs to know about this client: raw TCP knows only
+        its address, so the client IP is the hash key too. Called only when
+        the policy needs something (least connections needs nothing)."""
+        ip = client_ip(conn)
+        return PickContext(client_ip=ip, key=ip)
+
     async def _connect_any(self, conn: ClientSide) -> None:
         pool = self.pool
         loop = self.loop
         tried: list[Backend] = []
+        ctx = self.pick_context(conn) if self.pool.policy.needs else NO_CONTEXT
         while True:
-            backend = pool.pick(tried)
+            backend = pool.pick(tried, ctx)
             if backend is None:
                 break
             pool.acquire(backend)
@@ -338,6 +347,12 @@ def _connect_timeout(conn: ClientSide) -> None:
     conn.connect_timed_out = True
     if conn.connect_task is not None:
         conn.connect_task.cancel()
+
+
+def client_ip(conn: ClientSide) -> str | None:
+    transport = conn.transport
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return str(peer[0]) if peer else None
 
 
 def _peer(conn: ClientSide) -> str | None:

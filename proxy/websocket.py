@@ -18,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from urllib.parse import parse_qsl
 
 from balancer.backend import Backend
+from balancer.policies import PickContext
 from proxy import http1, wsframe
-from proxy.listener import TcpListener
+from proxy.listener import TcpListener, client_ip
 from proxy.relay import ClientSide, UpstreamSide
 
 log = logging.getLogger("evenflow.websocket")
@@ -254,19 +256,25 @@ class WebSocketListener(TcpListener):
         if conn.refused is not None:
             self._respond(conn, 503, f"{self.name}: {conn.refused.replace('_', ' ')}")
             return
-        client_ip = _client_ip(conn)
+        ip = client_ip(conn) or "unknown"
         if head.is_websocket:
             try:
                 http1.check_websocket_handshake(head)
             except http1.HttpError as exc:
                 self.bad_request(conn, exc)
                 return
-            forwarded = http1.forward_request_head(head, client_ip=client_ip)
+            forwarded = http1.forward_request_head(head, client_ip=ip)
         else:
-            forwarded = http1.forward_request_head(head, client_ip=client_ip, close=True)
+            forwarded = http1.forward_request_head(head, client_ip=ip, close=True)
         conn.pending = [forwarded, rest] if rest else [forwarded]
         conn.pending_size = len(forwarded) + len(rest)
         conn.connect_task = self.loop.create_task(self._connect(conn))
+
+    def pick_context(self, conn: ClientSide) -> PickContext:
+        assert isinstance(conn, WsClientSide)
+        ip = client_ip(conn)
+        key = hash_key(self.config.hash_on, conn.head, ip) if conn.head is not None else ip
+        return PickContext(client_ip=ip, key=key)
 
     def handshake_failed(self, conn: ClientSide, exc: http1.HttpError) -> None:
         conn.reason = "backend_bad_response"
@@ -306,7 +314,24 @@ class WebSocketListener(TcpListener):
                 self.loop.call_later(delay, conn.graceful_close, code, reason)
 
 
-def _client_ip(conn: ClientSide) -> str:
-    transport = conn.transport
-    peer = transport.get_extra_info("peername") if transport is not None else None
-    return str(peer[0]) if peer else "unknown"
+def hash_key(hash_on: str, head: http1.RequestHead, ip: str | None) -> str | None:
+    """The affinity key named by ``hash_on`` (``client_ip``, ``header:NAME``,
+    ``cookie:NAME``, ``query:NAME``), or None when the request has none."""
+    kind, _, name = hash_on.partition(":")
+    if kind == "client_ip":
+        return ip
+    if kind == "header":
+        value = head.get(name.encode())
+        return value.decode("latin-1") if value is not None else None
+    if kind == "cookie":
+        for header in head.get_all(b"cookie"):
+            for part in header.split(b";"):
+                key, sep, value = part.strip().partition(b"=")
+                if sep and key.decode("latin-1") == name:
+                    return value.decode("latin-1")
+        return None
+    _, _, query = head.target.partition(b"?")
+    for item in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if item[0] == name:
+            return item[1]
+    return None
