@@ -166,13 +166,13 @@ async def test_connections_spread_evenly_by_the_servers_count(proxy) -> None:
     async with ws_backends(4) as servers:
         port = free_port()
         proxy({"listeners": [ws_listener(port, [s.address for s in servers])]})
-        clients = []
+        clients: list[Any] = []
         try:
-            for _ in range(200):
-                ws = await connect(f"ws://{HOST}:{port}/", compression=None)
-                clients.append(ws)
-            await wait_for(lambda: sum(s.active for s in servers) == 200)
-            assert [s.active for s in servers] == [50, 50, 50, 50]
+            # 1,000 concurrent WebSockets, opened 50 at a time.
+            for _ in range(20):
+                clients += await asyncio.gather(*(connect(f"ws://{HOST}:{port}/", compression=None) for _ in range(50)))
+            await wait_for(lambda: sum(s.active for s in servers) == 1000, timeout=10)
+            assert [s.active for s in servers] == [250, 250, 250, 250]
         finally:
             await asyncio.gather(*(c.close() for c in clients))
 
