@@ -144,6 +144,14 @@ class WsUpstreamSide(UpstreamSide):
             return
         if head is None:
             return
+        if 100 <= head.status < 200 and head.status != 101:
+            # An interim answer (100 Continue, 103 Early Hints): pass it on and
+            # read on for the final one.
+            client.transport.write(head.raw)  # type: ignore[union-attr]
+            self.response = http1.ResponseReader()
+            if response.rest:
+                self.data_received(response.rest)
+            return
         self.response = None
         self.switched = True
         self.out = client.transport

@@ -361,3 +361,32 @@ async def test_sigterm_sends_1001(proxy) -> None:
         assert info.value.rcvd is not None
         assert info.value.rcvd.code == 1001
         assert await p.wait(5) == 0
+
+
+async def test_interim_1xx_from_the_backend_is_passed_on_before_the_101(proxy) -> None:
+    async def early_hints(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x81\x05Hello"
+        )
+        await writer.drain()
+        await reader.read()
+
+    backend_port = free_port()
+    server = await asyncio.start_server(early_hints, HOST, backend_port)
+    try:
+        port = free_port()
+        p = proxy({"listeners": [ws_listener(port, [f"{HOST}:{backend_port}"])]})
+        reader, writer = await asyncio.open_connection(HOST, port)
+        writer.write(upgrade_request())
+        expected = b"HTTP/1.1 103 Early Hints\r\n"
+        got = await asyncio.wait_for(reader.readuntil(b"\x81\x05Hello"), 5)
+        assert got.startswith(expected)
+        assert b"HTTP/1.1 101 Switching Protocols\r\n" in got
+        writer.close()
+        text = p.get("/metrics")[1].decode()
+        assert 'evenflow_websocket_upgrades_total{listener="ws"} 1.0' in text
+    finally:
+        server.close()
