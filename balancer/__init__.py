@@ -6,8 +6,9 @@ the data plane (``proxy``) calls in synchronously and carries decisions out.
 
 from balancer.backend import Backend, BackendState
 from balancer.endpoint import Endpoint, EndpointSet
-from balancer.policies import LeastConnections, Policy, make_policy
+from balancer.policies import LeastConnections, Policy
 from balancer.pool import BackendPool
+from balancer.registry import make_policy
 
 __all__ = [
     "Backend",

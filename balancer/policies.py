@@ -89,16 +89,3 @@ class LeastConnections:
                 if rand() * ties < 1.0:
                     best = backend
         return best
-
-
-POLICIES: dict[str, Callable[[random.Random | None, PolicyOptions | None], Policy]] = {
-    LeastConnections.name: LeastConnections,
-}
-
-
-def make_policy(name: str, rng: random.Random | None = None, options: PolicyOptions | None = None) -> Policy:
-    try:
-        factory = POLICIES[name]
-    except KeyError:
-        raise ValueError(f"unknown policy {name!r} (known: {', '.join(sorted(POLICIES))})") from None
-    return factory(rng, options)

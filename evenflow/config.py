@@ -14,7 +14,8 @@ from typing import Any
 import yaml
 
 from balancer.endpoint import Endpoint
-from balancer.policies import DEFAULT_AFFINITY_TIMEOUT, DEFAULT_HASH_BALANCE_FACTOR, POLICIES
+from balancer.policies import DEFAULT_AFFINITY_TIMEOUT, DEFAULT_HASH_BALANCE_FACTOR
+from balancer.registry import POLICIES
 from evenflow.sources import BackendsConfig, StaticBackends, parse_backends, parse_shorthand
 from evenflow.values import (
     NAME_RE,

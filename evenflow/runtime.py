@@ -16,8 +16,9 @@ import random
 import resource
 import signal
 
-from balancer.policies import PolicyOptions, make_policy
+from balancer.policies import PolicyOptions
 from balancer.pool import BackendPool
+from balancer.registry import make_policy
 from discovery.base import Discovery
 from discovery.static import StaticDiscovery
 from evenflow.config import Config, ListenerConfig

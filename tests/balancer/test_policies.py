@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from balancer.backend import Backend
 from balancer.endpoint import Endpoint
-from balancer.policies import LeastConnections, make_policy
+from balancer.policies import LeastConnections
+from balancer.registry import make_policy
 
 
 def backends(*actives: int) -> list[Backend]:
