@@ -43,6 +43,7 @@ lint: $(BIN)/.dev
 bench: $(BIN)/.dev
 	scripts/ensure-debian-packages $(BENCH_DEBS)
 	$(BIN)/python benchmarks/tcp_bench.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/ws_bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
