@@ -93,14 +93,13 @@ class WsClientSide(ClientSide):
     def graceful_close(self, code: int, reason: str) -> None:
         """Send a Close frame at the next frame boundary, then close both sides."""
         up = self.upstream
-        if self.closing or self.finished:
+        if self.closing or self.finished or not self.upgraded or not isinstance(up, WsUpstreamSide):
+            # Not (yet) a WebSocket: a plain request in flight, or a handshake,
+            # is short; the drain deadline covers it.
             return
         self.closing = True
         if self.reason is None:
             self.reason = reason
-        if not self.upgraded or not isinstance(up, WsUpstreamSide):
-            self.close(reason)
-            return
         up.close_code = code
         if up.tracker.at_boundary:
             up.inject_close()
@@ -128,10 +127,11 @@ class WsUpstreamSide(UpstreamSide):
                 return  # after our Close frame, backend bytes are dropped
             self.out.write(data)  # type: ignore[union-attr]
             self.bytes += len(data)
-            try:
-                self.tracker.consume(data)
-            except wsframe.FrameError:
-                self.client.close("backend_error")
+            if self.client.upgraded:  # type: ignore[attr-defined]
+                try:
+                    self.tracker.consume(data)
+                except wsframe.FrameError:
+                    self.client.close("backend_error")
             return
         response = self.response
         assert response is not None
@@ -249,7 +249,9 @@ class WebSocketListener(TcpListener):
     # -- handshake ----------------------------------------------------------------
 
     def _handshake_timeout(self, conn: WsClientSide) -> None:
-        if conn.head is None and not conn.finished:
+        # A refused client is already "finished" for the books but still open:
+        # it too must not hold its socket past the deadline.
+        if conn.head is None and not conn.lost:
             conn.reader = None
             conn.reason = "handshake_timeout"
             self._respond(conn, 408, "request head not received in time")

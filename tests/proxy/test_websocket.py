@@ -180,14 +180,20 @@ async def test_connections_spread_evenly_by_the_servers_count(proxy) -> None:
 async def test_plain_http_requests_are_proxied_one_per_connection(proxy) -> None:
     hits: list[str] = []
 
+    big = os.urandom(3 * MiB)
+
     async def hello(request: web.Request) -> web.Response:
         hits.append(request.headers.get("X-Forwarded-For", ""))
         return web.Response(text=f"hi from {request.url.port}")
+
+    async def blob(request: web.Request) -> web.Response:
+        return web.Response(body=big)
 
     runners, ports = [], []
     for _ in range(2):
         app = web.Application()
         app.router.add_get("/hello", hello)
+        app.router.add_get("/blob", blob)
         runner = web.AppRunner(app)
         await runner.setup()
         p = free_port()
@@ -202,6 +208,9 @@ async def test_plain_http_requests_are_proxied_one_per_connection(proxy) -> None
                 async with session.get(f"http://{HOST}:{port}/hello") as resp:
                     assert resp.status == 200
                     assert (await resp.text()).startswith("hi from")
+            # A body far larger than one read: it must not be mistaken for frames.
+            async with session.get(f"http://{HOST}:{port}/blob") as resp:
+                assert await resp.read() == big
         assert hits == ["127.0.0.1"] * 6
     finally:
         for r in runners:
@@ -279,6 +288,15 @@ async def test_backend_failing_its_handshake_gets_502(proxy) -> None:
         assert (await raw_exchange(port, upgrade_request())).startswith(b"HTTP/1.1 502 ")
     finally:
         server.close()
+
+
+async def test_refused_client_that_sends_nothing_is_cut_at_the_handshake_timeout(proxy) -> None:
+    port = free_port()
+    proxy({"listeners": [ws_listener(port, [], handshake_timeout="300ms")]})
+    reader, writer = await asyncio.open_connection(HOST, port)
+    answer = await asyncio.wait_for(reader.read(), 5)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    writer.close()
 
 
 async def test_slowloris_is_cut_at_the_handshake_timeout(proxy) -> None:
