@@ -167,9 +167,6 @@ class WsUpstreamSide(UpstreamSide):
                 self.tracker.consume(rest)
             except wsframe.FrameError:
                 client.close("backend_error")
-        if client.closing and upgraded and self.tracker.at_boundary:
-            self.close_code = self.close_code or CLOSE_GOING_AWAY
-            self.inject_close()
 
     def _towards_close(self, data: bytes) -> None:
         try:
@@ -239,7 +236,10 @@ class WebSocketListener(TcpListener):
 
     def backend_draining(self, backend: Backend) -> None:
         victims = [c for c in self.connections if c.backend is backend]
-        self._spread_closes(victims, CLOSE_SERVICE_RESTART, "backend_draining", window=len(victims) / self.close_rate)
+        # close_rate sets the pace, but every client must get its 1012 before
+        # the drain deadline resets what is left: at most half of it.
+        window = min(len(victims) / self.close_rate, self.config.drain_timeout / 2)
+        self._spread_closes(victims, CLOSE_SERVICE_RESTART, "backend_draining", window=window)
 
     def begin_shutdown(self, drain_timeout: float) -> None:
         # Every client gets its 1001 within the first half of the drain
@@ -295,6 +295,9 @@ class WebSocketListener(TcpListener):
     def response_received(self, conn: WsClientSide, head: http1.ResponseHead) -> None:
         if conn.upgraded:
             self.stats.upgrades += 1
+            if not self.accepting:
+                # Upgraded after shutdown began: it missed the spread of 1001s.
+                self.loop.call_soon(conn.graceful_close, CLOSE_GOING_AWAY, "shutdown")
 
     # -- helpers -----------------------------------------------------------------
 
