@@ -73,6 +73,24 @@ class ListenerConfig:
     affinity_timeout: float = DEFAULT_AFFINITY_TIMEOUT
     hash_on: str = "client_ip"
     hash_balance_factor: float = DEFAULT_HASH_BALANCE_FACTOR
+    # websocket listeners: requests matched by Host and path go to their own backends
+    routes: tuple[RouteConfig, ...] = ()
+    #: False when a listener has routes but no ``backends`` of its own:
+    #: unmatched requests then get a 404.
+    has_default: bool = True
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    name: str
+    backends: BackendsConfig
+    host: str | None = None  # lower case, no port; None matches any host
+    path_prefix: str = "/"
+    # None: the listener's own setting
+    policy: str | None = None
+    hash_on: str | None = None
+    hash_balance_factor: float | None = None
+    affinity_timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +121,7 @@ _LISTENER_KEYS = (
     "affinity_timeout",
     "hash_on",
     "hash_balance_factor",
+    "routes",
 )
 _WEBSOCKET_ONLY = ("handshake_timeout", "max_header_bytes", "max_header_fields", "close_rate")
 
@@ -134,9 +153,11 @@ def parse_config(data: Any) -> Config:
 def _parse_listener(item: Any, path: str, default_drain: float) -> ListenerConfig:
     data = mapping(item, path)
     check_keys(data, _LISTENER_KEYS, path)
-    for required in ("name", "listen", "backends"):
+    for required in ("name", "listen"):
         if required not in data:
             raise ConfigError(f"{path}.{required}", "missing (required)")
+    if "backends" not in data and not data.get("routes"):
+        raise ConfigError(f"{path}.backends", "missing (required unless the listener has routes)")
     name = data["name"]
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise ConfigError(f"{path}.name", f"bad name {name!r}: use letters, digits, '.', '_' or '-' (at most 63)")
@@ -181,14 +202,85 @@ def _parse_listener(item: Any, path: str, default_drain: float) -> ListenerConfi
     if "max_connections" in data:
         kwargs["max_connections"] = positive_int(data["max_connections"], f"{path}.max_connections")
     kwargs.setdefault("drain_timeout", default_drain)
+    if "routes" in data:
+        if protocol != "websocket":
+            raise ConfigError(f"{path}.routes", f"only for protocol websocket (this listener is {protocol})")
+        kwargs["routes"] = _parse_routes(data["routes"], f"{path}.routes", protocol)
+    has_default = "backends" in data
     return ListenerConfig(
         name=name,
         listen=parse_hostport(data["listen"], f"{path}.listen"),
-        backends=parse_backends(data["backends"], f"{path}.backends"),
+        backends=parse_backends(data["backends"], f"{path}.backends") if has_default else StaticBackends(()),
         protocol=protocol,
         policy=policy,
+        has_default=has_default,
         **kwargs,
     )
+
+
+_ROUTE_KEYS = ("name", "host", "path_prefix", "backends", "policy", "hash_on", "hash_balance_factor", "affinity_timeout")
+
+
+def _parse_routes(value: Any, path: str, protocol: str) -> tuple[RouteConfig, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(path, "expected a non-empty list of routes")
+    routes = []
+    names: set[str] = set()
+    for i, item in enumerate(value):
+        where = f"{path}[{i}]"
+        data = mapping(item, where)
+        check_keys(data, _ROUTE_KEYS, where)
+        for required in ("name", "backends"):
+            if required not in data:
+                raise ConfigError(f"{where}.{required}", "missing (required)")
+        name = data["name"]
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise ConfigError(f"{where}.name", f"bad name {name!r}: use letters, digits, '.', '_' or '-' (at most 63)")
+        if name in names:
+            raise ConfigError(f"{where}.name", f"duplicate route name {name!r}")
+        names.add(name)
+        host = data.get("host")
+        if host is not None and (not isinstance(host, str) or not host or any(c in host for c in " /:")):
+            raise ConfigError(f"{where}.host", f"expected a host name without port, got {host!r}")
+        prefix = data.get("path_prefix", "/")
+        if not isinstance(prefix, str) or not prefix.startswith("/"):
+            raise ConfigError(f"{where}.path_prefix", f"expected a path starting with '/', got {prefix!r}")
+        policy = data.get("policy")
+        if policy is not None and policy not in POLICIES:
+            raise ConfigError(f"{where}.policy", f"unknown policy {policy!r} (known: {', '.join(sorted(POLICIES))})")
+        factor = data.get("hash_balance_factor")
+        if factor is not None and (isinstance(factor, bool) or not isinstance(factor, int | float) or factor <= 1.0):
+            raise ConfigError(f"{where}.hash_balance_factor", f"expected a number above 1.0 (e.g. 1.25), got {factor!r}")
+        routes.append(
+            RouteConfig(
+                name=name,
+                backends=parse_backends(data["backends"], f"{where}.backends"),
+                host=host.lower() if host else None,
+                path_prefix=prefix,
+                policy=policy,
+                hash_on=_hash_on(data["hash_on"], protocol, f"{where}.hash_on") if "hash_on" in data else None,
+                hash_balance_factor=float(factor) if factor is not None else None,
+                affinity_timeout=parse_duration(data["affinity_timeout"], f"{where}.affinity_timeout")
+                if "affinity_timeout" in data
+                else None,
+            )
+        )
+    return tuple(routes)
+
+
+def route_listener_config(parent: ListenerConfig, route: RouteConfig) -> ListenerConfig:
+    """The settings a route's backends run with: the listener's, with the route's own on top."""
+    changes: dict[str, Any] = {
+        "name": f"{parent.name}/{route.name}",
+        "backends": route.backends,
+        "routes": (),
+        "has_default": True,
+    }
+    for key in ("policy", "hash_on", "hash_balance_factor", "affinity_timeout"):
+        value = getattr(route, key)
+        if value is not None:
+            changes[key] = value
+    return replace(parent, **changes)
 
 
 def _hash_on(value: Any, protocol: str, path: str) -> str:

@@ -21,7 +21,7 @@ from balancer.pool import BackendPool
 from balancer.registry import make_policy
 from discovery.base import Discovery
 from discovery.static import StaticDiscovery
-from evenflow.config import Config, ListenerConfig
+from evenflow.config import Config, ListenerConfig, route_listener_config
 from evenflow.sources import DnsBackends, FileBackends, StaticBackends
 from proxy.admin import AdminServer, AdminState
 from proxy.listener import TcpListener
@@ -50,7 +50,7 @@ def discovery_for(config: ListenerConfig) -> Discovery:
     """Build the listener's source; heavy clients are imported only when used."""
     backends = config.backends
     if isinstance(backends, StaticBackends):
-        if not backends.endpoints:
+        if not backends.endpoints and config.has_default:
             log.warning("static backend list is empty: the listener will refuse every client", extra={"listener": config.name})
         return StaticDiscovery(backends.endpoints)
     if isinstance(backends, FileBackends):
@@ -93,20 +93,23 @@ class Runtime:
         self.admin = AdminServer(self.admin_state, self.config.admin.host, self.config.admin.port)
         await self.admin.start()
         try:
+            fronts = []
             for lc in self.config.listeners:
-                options = PolicyOptions(affinity_timeout=lc.affinity_timeout, hash_balance_factor=lc.hash_balance_factor)
-                pool = BackendPool(make_policy(lc.policy, self._rng, options))
-                listener = LISTENERS[lc.protocol](lc, pool, self.loop)
-                listener.source = self._discoveries.get(lc.name) or discovery_for(lc)
-                self.listeners.append(listener)
-                self._tasks.append(self.loop.create_task(self._follow(listener, listener.source)))
+                listener = self._add_listener(lc)
+                fronts.append(listener)
+                for route in lc.routes:
+                    target = self._add_listener(route_listener_config(lc, route))
+                    assert isinstance(listener, WebSocketListener) and isinstance(target, WebSocketListener)
+                    listener.add_route(route.host, route.path_prefix, target)
+                    # A route's listener has no socket: it serves what its front hands over.
+                    target.start_serving()
             # Give quick sources (static, file) a moment so the first clients
             # find backends; slow ones (DNS, the API server) never hold up the
             # listeners: until they answer, /readyz says so and clients are
             # refused at once rather than left hanging.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._all_synced.wait(), FIRST_ANSWER_GRACE)
-            for listener in self.listeners:
+            for listener in fronts:
                 await listener.start()
         except BaseException:
             await self.stop()
@@ -117,6 +120,15 @@ class Runtime:
         gc.freeze()
         self.admin_state.serving = True
         log.info("ready", extra={"admin": f"http://{self.config.admin}/"})
+
+    def _add_listener(self, lc: ListenerConfig) -> TcpListener:
+        options = PolicyOptions(affinity_timeout=lc.affinity_timeout, hash_balance_factor=lc.hash_balance_factor)
+        pool = BackendPool(make_policy(lc.policy, self._rng, options))
+        listener = LISTENERS[lc.protocol](lc, pool, self.loop)
+        listener.source = self._discoveries.get(lc.name) or discovery_for(lc)
+        self.listeners.append(listener)
+        self._tasks.append(self.loop.create_task(self._follow(listener, listener.source)))
+        return listener
 
     async def _follow(self, listener: TcpListener, source: Discovery) -> None:
         # Sources report their own failures and never raise; this guard is for
@@ -137,7 +149,7 @@ class Runtime:
             listener.apply(snapshot)
             if first:
                 first = False
-                if not len(snapshot):
+                if not len(snapshot) and listener.config.has_default:
                     log.warning(
                         "listener has no backends",
                         extra={"listener": listener.name, "source": source.describe, "why": source.status.error or "empty"},

@@ -88,7 +88,11 @@ def make_app(state: AdminState) -> web.Application:
             for listener in state.listeners()
             if listener.source is not None and listener.source.status.error
         ]
-        notes += [f"listener {listener.name}: no ready backends" for listener in state.listeners() if not listener.pool.eligible]
+        notes += [
+            f"listener {listener.name}: no ready backends"
+            for listener in state.listeners()
+            if not listener.pool.eligible and listener.config.has_default
+        ]
         return web.Response(text="ready\n" + "".join(note + "\n" for note in notes))
 
     async def backends(_: web.Request) -> web.Response:

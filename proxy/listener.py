@@ -74,15 +74,23 @@ class TcpListener:
             raise ListenError(
                 exc.errno, f"listener {self.name!r}: cannot listen on {self.address}: {exc.strerror or exc}"
             ) from None
+        self.start_serving()
+        log.info("listening", extra={"listener": self.name, "listen": self.address, "protocol": self.config.protocol})
+
+    def start_serving(self) -> None:
+        """Admit clients (handed to us by our socket, or by a front listener)."""
         self.accepting = True
         if self.config.idle_timeout:
             self._idle_task = self.loop.create_task(self._sweep_idle(self.config.idle_timeout))
-        log.info("listening", extra={"listener": self.name, "listen": self.address, "protocol": self.config.protocol})
 
     # -- protocol hooks (a WebSocket listener overrides these) ---------------
 
     def new_client(self) -> ClientSide:
         return ClientSide(self)
+
+    def can_serve(self) -> bool:
+        """Could a new client be placed at all? (Checked at accept.)"""
+        return bool(self.pool.eligible)
 
     def admitted(self, conn: ClientSide) -> None:
         """A client passed admission: raw TCP connects to a backend at once."""
@@ -178,7 +186,7 @@ class TcpListener:
             self._refuse(conn, "draining")
         elif len(self.connections) >= self.max_connections:
             self._refuse(conn, "max_connections")
-        elif not self.pool.eligible:
+        elif not self.can_serve():
             # Fail fast: a client waiting on an empty pool would only hang.
             self._refuse(conn, "no_backends")
         else:

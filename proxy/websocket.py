@@ -38,6 +38,7 @@ LINGER = 2.0
 
 _STATUS_TEXT = {
     400: "bad request",
+    404: "not found",
     408: "request timeout",
     426: "upgrade required",
     431: "request header fields too large",
@@ -213,11 +214,42 @@ class WebSocketListener(TcpListener):
         self.handshake_timeout = cfg.handshake_timeout
         self.close_rate = cfg.close_rate
         self.rng = random.Random()
+        # (host, path prefix, listener) in config order: the first match
+        # takes the request. Each route's listener owns its pool and books.
+        self.routes: list[tuple[bytes | None, bytes, WebSocketListener]] = []
 
     # -- hooks ------------------------------------------------------------------
 
     def new_client(self) -> ClientSide:
         return WsClientSide(self)
+
+    def can_serve(self) -> bool:
+        # With routes, whether anyone can serve is known only from the request.
+        return bool(self.routes) or super().can_serve()
+
+    def add_route(self, host: str | None, path_prefix: str, target: WebSocketListener) -> None:
+        self.routes.append((host.encode() if host else None, path_prefix.encode(), target))
+
+    def route_for(self, head: http1.RequestHead) -> WebSocketListener | None:
+        """The listener whose backends take this request (None: no route, no default)."""
+        if self.routes:
+            host = (head.host or b"").lower()
+            host = host.rsplit(b":", 1)[0] if not host.endswith(b"]") else host  # drop a port
+            path = head.path
+            for want_host, prefix, target in self.routes:
+                if (want_host is None or want_host == host) and path.startswith(prefix):
+                    return target
+        return self if self.config.has_default else None
+
+    def _hand_over(self, conn: WsClientSide, target: WebSocketListener) -> None:
+        # The route's listener keeps the books from here: its pool, its
+        # backend stats, its drain deadlines and shutdown closes.
+        self.connections.discard(conn)
+        if not self.connections:
+            self._no_connections.set()
+        conn.listener = target
+        target.connections.add(conn)
+        target._no_connections.clear()
 
     def admitted(self, conn: ClientSide) -> None:
         # Slowloris guard: the whole head must arrive within handshake_timeout.
@@ -276,9 +308,15 @@ class WebSocketListener(TcpListener):
             forwarded = http1.forward_request_head(head, client_ip=ip)
         else:
             forwarded = http1.forward_request_head(head, client_ip=ip, close=True)
+        target = self.route_for(head)
+        if target is None:
+            self._respond(conn, 404, f"{self.name}: no route for this host and path")
+            return
+        if target is not self:
+            self._hand_over(conn, target)
         conn.pending = [forwarded, rest] if rest else [forwarded]
         conn.pending_size = len(forwarded) + len(rest)
-        conn.connect_task = self.loop.create_task(self._connect(conn))
+        conn.connect_task = self.loop.create_task(target._connect(conn))
 
     def pick_context(self, conn: ClientSide) -> PickContext:
         assert isinstance(conn, WsClientSide)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from balancer.endpoint import Endpoint
 from evenflow.config import ConfigError, Overrides, apply_overrides, parse_config
 from evenflow.sources import DnsBackends, FileBackends, KubernetesBackends, StaticBackends, parse_backends, parse_shorthand
 from evenflow.values import HostPort
@@ -93,3 +94,100 @@ def test_shorthand_replaces_a_files_backends_and_excludes_backend_flags() -> Non
 def test_empty_static_list_is_valid() -> None:
     config = parse_config({"listeners": [{"name": "a", "listen": "127.0.0.1:7000", "backends": {"static": []}}]})
     assert config.listeners[0].backends == StaticBackends(())
+
+
+def _ws(**kw: object) -> dict[str, object]:
+    base: dict[str, object] = {"name": "gw", "listen": "127.0.0.1:8080", "protocol": "websocket"}
+    base.update(kw)
+    return base
+
+
+def test_routes_parse_and_inherit() -> None:
+    from evenflow.config import RouteConfig, route_listener_config
+
+    config = parse_config(
+        {
+            "listeners": [
+                _ws(
+                    policy="least_connections",
+                    drain_timeout="7s",
+                    routes=[
+                        {
+                            "name": "chat",
+                            "host": "Chat.Example.com",
+                            "backends": {"static": ["127.0.0.1:1"]},
+                            "policy": "consistent_hash",
+                            "hash_on": "header:X-Room",
+                        },
+                        {"name": "notify", "path_prefix": "/notify", "backends": {"dns": {"name": "n.svc", "port": 80}}},
+                    ],
+                )
+            ]
+        }
+    )
+    (lc,) = config.listeners
+    assert lc.has_default is False
+    chat, notify = lc.routes
+    assert chat == RouteConfig(
+        name="chat",
+        backends=StaticBackends((Endpoint("127.0.0.1", 1),)),
+        host="chat.example.com",
+        policy="consistent_hash",
+        hash_on="header:X-Room",
+    )
+    assert notify.path_prefix == "/notify" and notify.host is None
+    derived = route_listener_config(lc, chat)
+    assert (derived.name, derived.policy, derived.hash_on, derived.drain_timeout, derived.routes) == (
+        "gw/chat",
+        "consistent_hash",
+        "header:X-Room",
+        7.0,
+        (),
+    )
+
+
+@pytest.mark.parametrize(
+    ("listener", "path", "why"),
+    [
+        (
+            {"name": "t", "listen": "127.0.0.1:1", "routes": [{"name": "a", "backends": {"static": []}}]},
+            "listeners[0].routes",
+            "only for protocol websocket",
+        ),
+        (_ws(), "listeners[0].backends", "required unless the listener has routes"),
+        (_ws(routes=[]), "listeners[0].backends", "required unless"),
+        (_ws(routes=[{"name": "a"}]), "listeners[0].routes[0].backends", "missing"),
+        (
+            _ws(routes=[{"name": "a", "backends": {"static": []}}, {"name": "a", "backends": {"static": []}}]),
+            "listeners[0].routes[1].name",
+            "duplicate route",
+        ),
+        (
+            _ws(routes=[{"name": "a", "path_prefix": "chat", "backends": {"static": []}}]),
+            "listeners[0].routes[0].path_prefix",
+            "starting with '/'",
+        ),
+        (
+            _ws(routes=[{"name": "a", "host": "x.com:80", "backends": {"static": []}}]),
+            "listeners[0].routes[0].host",
+            "without port",
+        ),
+        (_ws(routes=[{"name": "a", "colour": 1, "backends": {"static": []}}]), "listeners[0].routes[0].colour", "unknown key"),
+        (
+            {"name": "t", "listen": "127.0.0.1:1", "backends": {"static": []}, "hash_on": "header:X"},
+            "listeners[0].hash_on",
+            "needs an HTTP listener",
+        ),
+        (
+            {"name": "t", "listen": "127.0.0.1:1", "backends": {"static": []}, "close_rate": 5},
+            "listeners[0].close_rate",
+            "only for protocol websocket",
+        ),
+        (_ws(backends={"static": []}, hash_balance_factor=0.9), "listeners[0].hash_balance_factor", "above 1.0"),
+    ],
+)
+def test_listener_level_errors(listener: dict[str, object], path: str, why: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"listeners": [listener]})
+    assert info.value.path == path
+    assert why in str(info.value)

@@ -408,3 +408,62 @@ async def test_interim_1xx_from_the_backend_is_passed_on_before_the_101(proxy) -
         assert 'evenflow_websocket_upgrades_total{listener="ws"} 1.0' in text
     finally:
         server.close()
+
+
+# -- routes ----------------------------------------------------------------------------
+
+
+async def test_routes_by_host_and_path_each_to_its_own_backends(proxy) -> None:
+    async with ws_backends(2) as chat, ws_backends(1) as notify, ws_backends(1) as fallback:
+        port = free_port()
+        p = proxy(
+            {
+                "listeners": [
+                    {
+                        **ws_listener(port, [fallback[0].address]),
+                        "routes": [
+                            {"name": "chat", "host": "chat.example.com", "backends": {"static": [s.address for s in chat]}},
+                            {"name": "notify", "path_prefix": "/notify", "backends": {"static": [notify[0].address]}},
+                        ],
+                    }
+                ]
+            }
+        )
+
+        async def whoami(path: str, host: str) -> int:
+            # Dial the proxy, but name `host` in the URI so it is the Host header.
+            async with connect(f"ws://{host}{path}", host=HOST, port=port, compression=None) as ws:
+                await ws.send("whoami")
+                return int(await ws.recv())
+
+        held = [await connect("ws://chat.example.com/", host=HOST, port=port, compression=None) for _ in range(4)]
+        await wait_for(lambda: [s.active for s in chat] == [2, 2])  # balanced within the route
+        await asyncio.gather(*(ws.close() for ws in held))
+        assert await whoami("/notify/inbox", "other.example.com") == notify[0].port
+        assert await whoami("/", "CHAT.example.com:8080") in {s.port for s in chat}  # case and port are ignored
+        assert await whoami("/elsewhere", "other.example.com") == fallback[0].port
+        doc = await p.backends()
+        names = [entry["name"] for entry in doc["listeners"]]
+        assert names == ["ws", "ws/chat", "ws/notify"]
+        chat_view = doc["listeners"][1]
+        assert sum(b["total"] for b in chat_view["backends"]) == 5
+        text = p.get("/metrics")[1].decode()
+        assert f'evenflow_backend_connections_total{{backend="{notify[0].address}",listener="ws/notify"}} 1.0' in text
+
+
+async def test_unmatched_request_without_default_backends_gets_404(proxy) -> None:
+    async with ws_backends(1) as chat:
+        port = free_port()
+        listener = {
+            "name": "gw",
+            "listen": f"{HOST}:{port}",
+            "protocol": "websocket",
+            "routes": [{"name": "chat", "path_prefix": "/chat", "backends": {"static": [chat[0].address]}}],
+        }
+        p = proxy({"listeners": [listener]})
+        assert (await raw_exchange(port, upgrade_request().replace(b"GET /chat", b"GET /other"))).startswith(b"HTTP/1.1 404 ")
+        async with connect(f"ws://{HOST}:{port}/chat/room", compression=None) as ws:
+            await ws.send("hi")
+            assert await ws.recv() == "hi"
+        assert chat[0].total == 1
+        assert p.get("/readyz") == (200, b"ready\n")
