@@ -20,6 +20,7 @@ import signal
 import socket
 import struct
 import sys
+from collections.abc import Callable
 
 import uvloop
 
@@ -67,7 +68,8 @@ class Sink(asyncio.BufferedProtocol):
         return True
 
 
-def _listen() -> socket.socket:
+def listen_socket() -> socket.socket:
+    """A non-blocking listening socket on a free 127.0.0.1 port."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((HOST, 0))
@@ -76,25 +78,37 @@ def _listen() -> socket.socket:
     return sock
 
 
-async def serve(n_echo: int, n_sink: int, lifetime: float) -> None:
+async def serve_ports(kinds: list[tuple[str, int, Callable[[], asyncio.BaseProtocol]]], lifetime: float, name: str) -> None:
+    """Listen on ``count`` free ports per ``(kind, count, factory)``, print ``{kind: [ports]}`` as one JSON line,
+    then serve until SIGTERM/SIGINT or ``lifetime`` seconds (shared with ``ws_backends``)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    ports: dict[str, list[int]] = {"echo": [], "sink": []}
+    ports: dict[str, list[int]] = {kind: [] for kind, _count, _factory in kinds}
     servers = []
-    for kind, count, factory in (("echo", n_echo, Echo), ("sink", n_sink, Sink)):
+    for kind, count, factory in kinds:
         for _ in range(count):
-            sock = _listen()
+            sock = listen_socket()
             servers.append(await loop.create_server(factory, sock=sock, backlog=BACKLOG))
             ports[kind].append(sock.getsockname()[1])
     print(json.dumps(ports), flush=True)
     try:
         await asyncio.wait_for(stop.wait(), timeout=lifetime)
     except TimeoutError:
-        print("backends: lifetime reached, exiting", file=sys.stderr)
+        print(f"{name}: lifetime reached, exiting", file=sys.stderr)
     for server in servers:
         server.close()
+
+
+def raise_nofile() -> None:
+    """RLIMIT_NOFILE up to the hard limit: every connection holds a descriptor."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def serve(n_echo: int, n_sink: int, lifetime: float) -> None:
+    await serve_ports([("echo", n_echo, Echo), ("sink", n_sink, Sink)], lifetime, "backends")
 
 
 def main() -> None:
@@ -103,8 +117,7 @@ def main() -> None:
     parser.add_argument("--sink", type=int, default=2, help="sink ports to open")
     parser.add_argument("--lifetime", type=float, default=1800.0, help="exit after this many seconds regardless")
     args = parser.parse_args()
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_nofile()
     uvloop.run(serve(args.echo, args.sink, args.lifetime))
 
 

@@ -348,7 +348,9 @@ WORKLOADS: dict[str, Callable[[dict[str, Any]], Any]] = {
 }
 
 
-def main() -> None:
+def run_spec(workloads: dict[str, Callable[[dict[str, Any]], Any]], catch: tuple[type[BaseException], ...]) -> None:
+    """The load generator's entry point (shared with ``ws_loadgen``): run the workload of the JSON spec in argv[1]
+    within its deadline and print the result (or ``{"failed": ...}`` for an exception in ``catch``) as the last line."""
     spec = json.loads(sys.argv[1])
     # Last resort: the kernel ends us if the workload overruns its deadline.
     signal.alarm(int(spec["deadline"]) + 2)
@@ -356,14 +358,18 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     async def run() -> Any:
-        return await asyncio.wait_for(WORKLOADS[spec["kind"]](spec), timeout=spec["deadline"])
+        return await asyncio.wait_for(workloads[spec["kind"]](spec), timeout=spec["deadline"])
 
     try:
         result = uvloop.run(run())
-    except (TimeoutError, OSError, ConnectionError) as exc:
+    except catch as exc:
         print(json.dumps({"failed": f"{type(exc).__name__}: {exc}"}), flush=True)
         sys.exit(1)
     print(json.dumps(result), flush=True)
+
+
+def main() -> None:
+    run_spec(WORKLOADS, (TimeoutError, OSError, ConnectionError))
 
 
 if __name__ == "__main__":

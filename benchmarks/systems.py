@@ -164,6 +164,20 @@ backend pods
 """
 
 
+def haproxy_servers(backends: list[int]) -> str:
+    """The ``server`` lines of HAProxy's backend section."""
+    return "\n".join(f"    server s{i} {HOST}:{p}" for i, p in enumerate(backends))
+
+
+def haproxy_maxconn(max_conns: int) -> int:
+    """HAProxy's ``maxconn``: 2 fds per connection plus listeners and spares must fit RLIMIT_NOFILE."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    maxconn = max(max_conns + 100, 4096)
+    if hard > 0:
+        maxconn = min(maxconn, (hard - 200) // 2)
+    return maxconn
+
+
 class HAProxy(System):
     name = "haproxy"
     label = "HAProxy"
@@ -174,14 +188,10 @@ class HAProxy(System):
         self.splice = splice
 
     def config(self, port: int, backends: list[int], max_conns: int) -> str:
-        servers = "\n".join(f"    server s{i} {HOST}:{p}" for i, p in enumerate(backends))
-        # 2 fds per connection plus listeners and spares must fit RLIMIT_NOFILE.
-        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        maxconn = max(max_conns + 100, 4096)
-        if hard > 0:
-            maxconn = min(maxconn, (hard - 200) // 2)
         extra = "    option splice-request\n    option splice-response\n" if self.splice else ""
-        return HAPROXY_CFG.format(maxconn=maxconn, host=HOST, port=port, servers=servers, extra_defaults=extra)
+        return HAPROXY_CFG.format(
+            maxconn=haproxy_maxconn(max_conns), host=HOST, port=port, servers=haproxy_servers(backends), extra_defaults=extra
+        )
 
     def start(self, backends: list[int], max_conns: int) -> Running:
         port = free_port()
