@@ -21,11 +21,13 @@ from evenflow.values import (
     NAME_RE,
     ConfigError,
     HostPort,
+    balance_factor,
     check_keys,
     mapping,
     parse_duration,
     parse_hostport,
     positive_int,
+    require,
 )
 
 __all__ = ["Config", "ConfigError", "HostPort", "ListenerConfig", "Overrides", "apply_overrides", "load_file", "parse_config"]
@@ -153,9 +155,7 @@ def parse_config(data: Any) -> Config:
 def _parse_listener(item: Any, path: str, default_drain: float) -> ListenerConfig:
     data = mapping(item, path)
     check_keys(data, _LISTENER_KEYS, path)
-    for required in ("name", "listen"):
-        if required not in data:
-            raise ConfigError(f"{path}.{required}", "missing (required)")
+    require(data, ("name", "listen"), path)
     if "backends" not in data and not data.get("routes"):
         raise ConfigError(f"{path}.backends", "missing (required unless the listener has routes)")
     name = data["name"]
@@ -195,10 +195,7 @@ def _parse_listener(item: Any, path: str, default_drain: float) -> ListenerConfi
     if "hash_on" in data:
         kwargs["hash_on"] = _hash_on(data["hash_on"], protocol, f"{path}.hash_on")
     if "hash_balance_factor" in data:
-        factor = data["hash_balance_factor"]
-        if isinstance(factor, bool) or not isinstance(factor, int | float) or factor <= 1.0:
-            raise ConfigError(f"{path}.hash_balance_factor", f"expected a number above 1.0 (e.g. 1.25), got {factor!r}")
-        kwargs["hash_balance_factor"] = float(factor)
+        kwargs["hash_balance_factor"] = balance_factor(data["hash_balance_factor"], f"{path}.hash_balance_factor")
     if "max_connections" in data:
         kwargs["max_connections"] = positive_int(data["max_connections"], f"{path}.max_connections")
     kwargs.setdefault("drain_timeout", default_drain)
@@ -230,9 +227,7 @@ def _parse_routes(value: Any, path: str, protocol: str) -> tuple[RouteConfig, ..
         where = f"{path}[{i}]"
         data = mapping(item, where)
         check_keys(data, _ROUTE_KEYS, where)
-        for required in ("name", "backends"):
-            if required not in data:
-                raise ConfigError(f"{where}.{required}", "missing (required)")
+        require(data, ("name", "backends"), where)
         name = data["name"]
         if not isinstance(name, str) or not NAME_RE.match(name):
             raise ConfigError(f"{where}.name", f"bad name {name!r}: use letters, digits, '.', '_' or '-' (at most 63)")
@@ -248,9 +243,6 @@ def _parse_routes(value: Any, path: str, protocol: str) -> tuple[RouteConfig, ..
         policy = data.get("policy")
         if policy is not None and policy not in POLICIES:
             raise ConfigError(f"{where}.policy", f"unknown policy {policy!r} (known: {', '.join(sorted(POLICIES))})")
-        factor = data.get("hash_balance_factor")
-        if factor is not None and (isinstance(factor, bool) or not isinstance(factor, int | float) or factor <= 1.0):
-            raise ConfigError(f"{where}.hash_balance_factor", f"expected a number above 1.0 (e.g. 1.25), got {factor!r}")
         routes.append(
             RouteConfig(
                 name=name,
@@ -259,7 +251,9 @@ def _parse_routes(value: Any, path: str, protocol: str) -> tuple[RouteConfig, ..
                 path_prefix=prefix,
                 policy=policy,
                 hash_on=_hash_on(data["hash_on"], protocol, f"{where}.hash_on") if "hash_on" in data else None,
-                hash_balance_factor=float(factor) if factor is not None else None,
+                hash_balance_factor=balance_factor(data["hash_balance_factor"], f"{where}.hash_balance_factor")
+                if "hash_balance_factor" in data
+                else None,
                 affinity_timeout=parse_duration(data["affinity_timeout"], f"{where}.affinity_timeout")
                 if "affinity_timeout" in data
                 else None,

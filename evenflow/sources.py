@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from balancer.endpoint import Endpoint
-from evenflow.values import ConfigError, HostPort, check_keys, mapping, parse_duration, parse_hostport
+from evenflow.values import ConfigError, HostPort, check_keys, mapping, parse_duration, parse_hostport, require
 
 # Re-resolve bounds for DNS: CoreDNS answers headless Services with a 5 s TTL
 # by default; 1 s floors a TTL of 0, 30 s caps a long TTL so a scale-down is
@@ -133,9 +133,7 @@ def _dns(body: Any, where: str) -> DnsBackends:
 def _kubernetes(body: Any, where: str) -> KubernetesBackends:
     data = mapping(body, where)
     check_keys(data, ("namespace", "service", "port", "kubeconfig"), where)
-    for key in ("service", "port"):
-        if key not in data:
-            raise ConfigError(f"{where}.{key}", "missing (required)")
+    require(data, ("service", "port"), where)
     service = data["service"]
     if not isinstance(service, str) or not _K8S_NAME.match(service):
         raise ConfigError(f"{where}.service", f"expected a Service name (lowercase RFC 1123 label), got {service!r}")

@@ -108,3 +108,16 @@ def mapping(value: Any, path: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise ConfigError(path, f"expected a mapping, got {type(value).__name__}")
     return value
+
+
+def require(data: Mapping[str, Any], keys: tuple[str, ...], path: str) -> None:
+    for key in keys:
+        if key not in data:
+            raise ConfigError(f"{path}.{key}", "missing (required)")
+
+
+def balance_factor(value: Any, path: str) -> float:
+    """A bounded-load factor: above 1.0, or no backend could ever take a new connection."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 1.0:
+        raise ConfigError(path, f"expected a number above 1.0 (e.g. 1.25), got {value!r}")
+    return float(value)

@@ -13,25 +13,9 @@ from balancer.affinity import PRUNE_BATCH, ClientIpAffinity
 from balancer.backend import Backend
 from balancer.endpoint import Endpoint
 from balancer.policies import NO_CONTEXT, PickContext, Policy, PolicyOptions
+from tests.balancer.scripted import Clock, ScriptedRandom
 
 TIMEOUT = 10.0
-
-
-class Clock:
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class ScriptedRandom(random.Random):
-    def __init__(self, values: list[float]) -> None:
-        super().__init__()
-        self.values = list(values)
-
-    def random(self) -> float:
-        return self.values.pop(0)
 
 
 def backends(*actives: int) -> tuple[Backend, ...]:

@@ -16,15 +16,7 @@ from balancer.backend import Backend
 from balancer.consistent_hash import BoundedLoadHash
 from balancer.endpoint import Endpoint
 from balancer.policies import NO_CONTEXT, PickContext, Policy, PolicyOptions
-
-
-class ScriptedRandom(random.Random):
-    def __init__(self, values: list[float]) -> None:
-        super().__init__()
-        self.values = list(values)
-
-    def random(self) -> float:
-        return self.values.pop(0)
+from tests.balancer.scripted import ScriptedRandom
 
 
 def backends(count: int, weights: list[int] | None = None) -> tuple[Backend, ...]:

@@ -13,6 +13,7 @@ from balancer.backend import Backend
 from balancer.endpoint import Endpoint
 from balancer.policies import LeastConnections
 from balancer.registry import make_policy
+from tests.balancer.scripted import ScriptedRandom
 
 
 def backends(*actives: int) -> list[Backend]:
@@ -22,15 +23,6 @@ def backends(*actives: int) -> list[Backend]:
         b.active = active
         out.append(b)
     return out
-
-
-class ScriptedRandom(random.Random):
-    def __init__(self, values: list[float]) -> None:
-        super().__init__()
-        self.values = list(values)
-
-    def random(self) -> float:
-        return self.values.pop(0)
 
 
 def test_picks_the_fewest_active() -> None:
