@@ -2,7 +2,7 @@
 
 A custom collector reads the plain counters in ``proxy.stats`` and the pools;
 no metric object is touched on the data path. Names are part of the public
-contract (see docs/metrics.md): keep them, add new ones with ``evenflow_``.
+contract (the README's Metrics table): keep them, add new ones with ``evenflow_``.
 """
 
 from __future__ import annotations
@@ -27,112 +27,129 @@ class ProxyCollector(Collector):
         self._draining = draining
 
     def collect(self) -> Iterator[Metric]:
-        active = GaugeMetricFamily("evenflow_backend_active_connections", "Connections open to a backend now.", labels=_BACKEND)
-        state = GaugeMetricFamily("evenflow_backend_state", "1 for the backend's current state.", labels=[*_BACKEND, "state"])
-        total = CounterMetricFamily("evenflow_backend_connections", "Connections made to a backend.", labels=_BACKEND)
-        nbytes = CounterMetricFamily(
-            "evenflow_backend_bytes", "Bytes relayed; upstream is client to backend.", labels=[*_BACKEND, "direction"]
-        )
-        errors = CounterMetricFamily(
-            "evenflow_backend_connect_errors", "Failed connects to a backend (timeouts included).", labels=_BACKEND
-        )
-        timeouts = CounterMetricFamily("evenflow_backend_connect_timeouts", "Connects that hit connect_timeout.", labels=_BACKEND)
-        connect = HistogramMetricFamily("evenflow_backend_connect_seconds", "Time to connect to a backend.", labels=_BACKEND)
-        duration = HistogramMetricFamily(
-            "evenflow_connection_duration_seconds", "Lifetime of proxied connections that ended.", labels=_BACKEND
-        )
-        l_active = GaugeMetricFamily("evenflow_listener_active_connections", "Client connections open now.", labels=["listener"])
-        l_accepted = CounterMetricFamily(
-            "evenflow_listener_accepted_connections", "Client connections accepted.", labels=["listener"]
-        )
-        l_refused = CounterMetricFamily(
-            "evenflow_listener_refused_connections",
-            "Client connections closed unserved, by reason.",
-            labels=["listener", "reason"],
-        )
-        l_spliced = CounterMetricFamily(
-            "evenflow_listener_spliced_connections", "Connections moved to kernel splicing as bulk flows.", labels=["listener"]
-        )
-        l_backends = GaugeMetricFamily(
-            "evenflow_listener_backends", "Backends known to the listener, by state.", labels=["listener", "state"]
-        )
-        d_changes = CounterMetricFamily(
-            "evenflow_discovery_endpoint_changes",
-            "Backends that discovery added, turned draining, or removed.",
-            labels=["listener", "change"],
-        )
-        d_synced = GaugeMetricFamily(
-            "evenflow_discovery_synced", "1 once the listener's source has answered.", labels=["listener"]
-        )
-        d_healthy = GaugeMetricFamily(
-            "evenflow_discovery_healthy", "1 when the source's latest attempt succeeded.", labels=["listener", "source"]
-        )
-        d_age = GaugeMetricFamily(
-            "evenflow_discovery_last_update_age_seconds",
-            "Seconds since the source last answered successfully.",
-            labels=["listener"],
-        )
-        d_errors = CounterMetricFamily(
-            "evenflow_discovery_errors", "Failed discovery attempts, by reason.", labels=["listener", "source", "reason"]
-        )
-        http_errors = CounterMetricFamily(
-            "evenflow_http_errors",
-            "Error responses the proxy sent itself (bad requests, no backends, ...).",
-            labels=["listener", "status"],
-        )
-        upgrades = CounterMetricFamily(
-            "evenflow_websocket_upgrades", "WebSocket handshakes the backend accepted.", labels=["listener"]
-        )
-        for listener in self._listeners():
-            name = listener.name
-            st = listener.stats
-            if listener.config.protocol != "tcp":
-                upgrades.add_metric([name], st.upgrades)
-                for code, n in sorted(st.http_errors.items()):
-                    http_errors.add_metric([name, str(code)], n)
-            d_changes.add_metric([name, "added"], st.endpoints_added)
-            d_changes.add_metric([name, "draining"], st.endpoints_drained)
-            d_changes.add_metric([name, "removed"], st.endpoints_removed)
-            d_synced.add_metric([name], 1 if listener.synced else 0)
-            source = listener.source
-            if source is not None:
-                status = source.status
-                d_healthy.add_metric([name, source.describe], 0 if status.error else 1)
-                age = status.age()
-                if age is not None:
-                    d_age.add_metric([name], age)
-                for reason, n in sorted(status.errors.items()):
-                    d_errors.add_metric([name, source.describe, reason], n)
-            live = listener.live_bytes()
-            counts: dict[str, int] = {"ready": 0, "draining": 0}
-            for backend in listener.backends():
-                labels = [name, backend.address]
-                counts[backend.state.value] = counts.get(backend.state.value, 0) + 1
-                active.add_metric(labels, backend.active)
-                state.add_metric([*labels, backend.state.value], 1)
-                total.add_metric(labels, backend.total)
-                stats = listener.backend_stats.get(backend.address)
-                if stats is None:
-                    continue
-                up, down = live.get(backend.address, (0, 0))
-                nbytes.add_metric([*labels, "upstream"], stats.bytes_up + up)
-                nbytes.add_metric([*labels, "downstream"], stats.bytes_down + down)
-                errors.add_metric(labels, stats.connect_errors)
-                timeouts.add_metric(labels, stats.connect_timeouts)
-                _add_histogram(connect, labels, stats.connect_seconds)
-                _add_histogram(duration, labels, stats.duration_seconds)
-            l_active.add_metric([name], listener.active)
-            l_accepted.add_metric([name], listener.stats.accepted)
-            l_spliced.add_metric([name], listener.stats.spliced)
-            for reason, n in sorted(listener.stats.refused.items()):
-                l_refused.add_metric([name, reason], n)
-            for state_name, n in counts.items():
-                l_backends.add_metric([name, state_name], n)
+        listeners = self._listeners()
+        yield from _backend_families(listeners)
+        yield from _listener_families(listeners)
+        yield from _discovery_families(listeners)
+        yield from _http_families(listeners)
         draining = GaugeMetricFamily("evenflow_draining", "1 while the process is shutting down.")
         draining.add_metric([], 1 if self._draining() else 0)
-        yield from (active, state, total, nbytes, errors, timeouts, connect, duration)
-        yield from (l_active, l_accepted, l_refused, l_spliced, l_backends, draining)
-        yield from (d_changes, d_synced, d_healthy, d_age, d_errors, http_errors, upgrades)
+        yield draining
+
+
+def _backend_families(listeners: Sequence[TcpListener]) -> Iterator[Metric]:
+    active = GaugeMetricFamily("evenflow_backend_active_connections", "Connections open to a backend now.", labels=_BACKEND)
+    state = GaugeMetricFamily("evenflow_backend_state", "1 for the backend's current state.", labels=[*_BACKEND, "state"])
+    total = CounterMetricFamily("evenflow_backend_connections", "Connections made to a backend.", labels=_BACKEND)
+    nbytes = CounterMetricFamily(
+        "evenflow_backend_bytes", "Bytes relayed; upstream is client to backend.", labels=[*_BACKEND, "direction"]
+    )
+    errors = CounterMetricFamily(
+        "evenflow_backend_connect_errors", "Failed connects to a backend (timeouts included).", labels=_BACKEND
+    )
+    timeouts = CounterMetricFamily("evenflow_backend_connect_timeouts", "Connects that hit connect_timeout.", labels=_BACKEND)
+    connect = HistogramMetricFamily("evenflow_backend_connect_seconds", "Time to connect to a backend.", labels=_BACKEND)
+    duration = HistogramMetricFamily(
+        "evenflow_connection_duration_seconds", "Lifetime of proxied connections that ended.", labels=_BACKEND
+    )
+    for listener in listeners:
+        live = listener.live_bytes()
+        for backend in listener.backends():
+            labels = [listener.name, backend.address]
+            active.add_metric(labels, backend.active)
+            state.add_metric([*labels, backend.state.value], 1)
+            total.add_metric(labels, backend.total)
+            stats = listener.backend_stats.get(backend.address)
+            if stats is None:
+                continue
+            up, down = live.get(backend.address, (0, 0))
+            nbytes.add_metric([*labels, "upstream"], stats.bytes_up + up)
+            nbytes.add_metric([*labels, "downstream"], stats.bytes_down + down)
+            errors.add_metric(labels, stats.connect_errors)
+            timeouts.add_metric(labels, stats.connect_timeouts)
+            _add_histogram(connect, labels, stats.connect_seconds)
+            _add_histogram(duration, labels, stats.duration_seconds)
+    yield from (active, state, total, nbytes, errors, timeouts, connect, duration)
+
+
+def _listener_families(listeners: Sequence[TcpListener]) -> Iterator[Metric]:
+    active = GaugeMetricFamily("evenflow_listener_active_connections", "Client connections open now.", labels=["listener"])
+    accepted = CounterMetricFamily("evenflow_listener_accepted_connections", "Client connections accepted.", labels=["listener"])
+    refused = CounterMetricFamily(
+        "evenflow_listener_refused_connections", "Client connections closed unserved, by reason.", labels=["listener", "reason"]
+    )
+    spliced = CounterMetricFamily(
+        "evenflow_listener_spliced_connections", "Connections moved to kernel splicing as bulk flows.", labels=["listener"]
+    )
+    backends = GaugeMetricFamily(
+        "evenflow_listener_backends", "Backends known to the listener, by state.", labels=["listener", "state"]
+    )
+    for listener in listeners:
+        name, st = listener.name, listener.stats
+        active.add_metric([name], listener.active)
+        accepted.add_metric([name], st.accepted)
+        spliced.add_metric([name], st.spliced)
+        for reason, n in sorted(st.refused.items()):
+            refused.add_metric([name, reason], n)
+        counts = {"ready": 0, "draining": 0}
+        for backend in listener.backends():
+            counts[backend.state.value] = counts.get(backend.state.value, 0) + 1
+        for state_name, n in counts.items():
+            backends.add_metric([name, state_name], n)
+    yield from (active, accepted, refused, spliced, backends)
+
+
+def _discovery_families(listeners: Sequence[TcpListener]) -> Iterator[Metric]:
+    changes = CounterMetricFamily(
+        "evenflow_discovery_endpoint_changes",
+        "Backends that discovery added, turned draining, or removed.",
+        labels=["listener", "change"],
+    )
+    synced = GaugeMetricFamily("evenflow_discovery_synced", "1 once the listener's source has answered.", labels=["listener"])
+    healthy = GaugeMetricFamily(
+        "evenflow_discovery_healthy", "1 when the source's latest attempt succeeded.", labels=["listener", "source"]
+    )
+    age = GaugeMetricFamily(
+        "evenflow_discovery_last_update_age_seconds", "Seconds since the source last answered successfully.", labels=["listener"]
+    )
+    errors = CounterMetricFamily(
+        "evenflow_discovery_errors", "Failed discovery attempts, by reason.", labels=["listener", "source", "reason"]
+    )
+    for listener in listeners:
+        name, st = listener.name, listener.stats
+        changes.add_metric([name, "added"], st.endpoints_added)
+        changes.add_metric([name, "draining"], st.endpoints_drained)
+        changes.add_metric([name, "removed"], st.endpoints_removed)
+        synced.add_metric([name], 1 if listener.synced else 0)
+        source = listener.source
+        if source is None:
+            continue
+        status = source.status
+        healthy.add_metric([name, source.describe], 0 if status.error else 1)
+        seconds = status.age()
+        if seconds is not None:
+            age.add_metric([name], seconds)
+        for reason, n in sorted(status.errors.items()):
+            errors.add_metric([name, source.describe, reason], n)
+    yield from (changes, synced, healthy, age, errors)
+
+
+def _http_families(listeners: Sequence[TcpListener]) -> Iterator[Metric]:
+    errors = CounterMetricFamily(
+        "evenflow_http_errors",
+        "Error responses the proxy sent itself (bad requests, no backends, ...).",
+        labels=["listener", "status"],
+    )
+    upgrades = CounterMetricFamily(
+        "evenflow_websocket_upgrades", "WebSocket handshakes the backend accepted.", labels=["listener"]
+    )
+    for listener in listeners:
+        if listener.config.protocol == "tcp":
+            continue
+        upgrades.add_metric([listener.name], listener.stats.upgrades)
+        for code, n in sorted(listener.stats.http_errors.items()):
+            errors.add_metric([listener.name, str(code)], n)
+    yield from (errors, upgrades)
 
 
 def _add_histogram(family: HistogramMetricFamily, labels: list[str], hist: Histogram) -> None:
