@@ -58,6 +58,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--idle-timeout", metavar="DURATION", help="close connections silent this long (default: off)")
     p.add_argument("--max-connections", metavar="N", type=int, help="per-listener connection limit (default: 8192)")
     p.add_argument("--policy", metavar="NAME", help="placement policy (default: least_connections)")
+    p.add_argument("--protocol", choices=("tcp", "websocket", "grpc"), help="listener protocol (default: tcp)")
 
 
 def load_config(args: argparse.Namespace) -> Config:
@@ -74,6 +75,7 @@ def load_config(args: argparse.Namespace) -> Config:
             idle_timeout=args.idle_timeout,
             max_connections=args.max_connections,
             policy=args.policy,
+            protocol=args.protocol,
         ),
     )
 

@@ -16,6 +16,7 @@ import yaml
 from balancer.endpoint import Endpoint
 from balancer.policies import DEFAULT_AFFINITY_TIMEOUT, DEFAULT_HASH_BALANCE_FACTOR
 from balancer.registry import POLICIES
+from evenflow.checks import HealthCheckConfig, parse_health_check
 from evenflow.sources import BackendsConfig, StaticBackends, parse_backends, parse_shorthand
 from evenflow.values import (
     NAME_RE,
@@ -26,13 +27,14 @@ from evenflow.values import (
     mapping,
     parse_duration,
     parse_hostport,
+    parse_size,
     positive_int,
     require,
 )
 
 __all__ = ["Config", "ConfigError", "HostPort", "ListenerConfig", "Overrides", "apply_overrides", "load_file", "parse_config"]
 
-PROTOCOLS = ("tcp", "websocket")
+PROTOCOLS = ("tcp", "websocket", "grpc")
 DEFAULT_ADMIN = "127.0.0.1:9901"
 DEFAULT_DRAIN_TIMEOUT = 30.0
 # Long enough for a cross-zone SYN retry (the first retransmit is at 1 s),
@@ -53,6 +55,16 @@ DEFAULT_MAX_HEADER_FIELDS = 100
 # move a thousand clients in 20 s, slow enough that they do not reconnect in
 # one burst.
 DEFAULT_CLOSE_RATE = 50.0
+# gRPC: streams per client connection (advertised in SETTINGS) and per
+# upstream connection; 100 is what most servers advertise, and the floor
+# RFC 9113 recommends.
+DEFAULT_MAX_CONCURRENT_STREAMS = 100
+# Upstream HTTP/2 connections per backend: a few spread the backend's reads
+# over its threads or event loops; more would only cost sockets.
+DEFAULT_MAX_UPSTREAM_CONNECTIONS = 4
+# Per-stream HTTP/2 window both ways: 256 KiB keeps a loopback or LAN link
+# busy for one stream and bounds what a stalled stream holds in the proxy.
+DEFAULT_STREAM_WINDOW = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -66,7 +78,14 @@ class ListenerConfig:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     idle_timeout: float | None = None
     max_connections: int = DEFAULT_MAX_CONNECTIONS
-    # websocket listeners only
+    # grpc listeners only
+    max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS
+    max_upstream_connections: int = DEFAULT_MAX_UPSTREAM_CONNECTIONS
+    max_message_size: int | None = None
+    stream_window: int = DEFAULT_STREAM_WINDOW
+    serve_health: bool = False
+    health_check: HealthCheckConfig | None = None
+    # websocket listeners only (max_header_bytes: grpc too)
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     max_header_fields: int = DEFAULT_MAX_HEADER_FIELDS
@@ -124,8 +143,15 @@ _LISTENER_KEYS = (
     "hash_on",
     "hash_balance_factor",
     "routes",
+    "max_concurrent_streams",
+    "max_upstream_connections",
+    "max_message_size",
+    "stream_window",
+    "serve_health",
+    "health_check",
 )
-_WEBSOCKET_ONLY = ("handshake_timeout", "max_header_bytes", "max_header_fields", "close_rate")
+_WEBSOCKET_ONLY = ("handshake_timeout", "max_header_fields", "close_rate")
+_GRPC_ONLY = ("max_concurrent_streams", "max_upstream_connections", "max_message_size", "stream_window", "serve_health")
 
 
 def parse_config(data: Any) -> Config:
@@ -182,9 +208,14 @@ def _parse_listener(item: Any, path: str, default_drain: float) -> ListenerConfi
         kwargs["handshake_timeout"] = parse_duration(data["handshake_timeout"], f"{path}.handshake_timeout")
         if kwargs["handshake_timeout"] == 0:
             raise ConfigError(f"{path}.handshake_timeout", "must be greater than zero")
+    if "max_header_bytes" in data and protocol == "tcp":
+        raise ConfigError(f"{path}.max_header_bytes", "only for protocol websocket or grpc (this listener is tcp)")
     for key in ("max_header_bytes", "max_header_fields"):
         if key in data:
             kwargs[key] = positive_int(data[key], f"{path}.{key}")
+    kwargs.update(_grpc_options(data, protocol, path))
+    if "health_check" in data:
+        kwargs["health_check"] = parse_health_check(data["health_check"], protocol, f"{path}.health_check")
     if "close_rate" in data:
         rate = data["close_rate"]
         if isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0:
@@ -213,6 +244,28 @@ def _parse_listener(item: Any, path: str, default_drain: float) -> ListenerConfi
         has_default=has_default,
         **kwargs,
     )
+
+
+def _grpc_options(data: dict[str, Any], protocol: str, path: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in _GRPC_ONLY:
+        if key in data and protocol != "grpc":
+            raise ConfigError(f"{path}.{key}", f"only for protocol grpc (this listener is {protocol})")
+    for key in ("max_concurrent_streams", "max_upstream_connections"):
+        if key in data:
+            out[key] = positive_int(data[key], f"{path}.{key}")
+    if data.get("max_message_size") is not None:
+        out["max_message_size"] = parse_size(data["max_message_size"], f"{path}.max_message_size")
+    if "stream_window" in data:
+        window = parse_size(data["stream_window"], f"{path}.stream_window")
+        if not 65535 <= window <= 2**31 - 1:
+            raise ConfigError(f"{path}.stream_window", "must be between 65535 and 2147483647 bytes (RFC 9113 §6.9.2)")
+        out["stream_window"] = window
+    if "serve_health" in data:
+        if not isinstance(data["serve_health"], bool):
+            raise ConfigError(f"{path}.serve_health", f"expected true or false, got {data['serve_health']!r}")
+        out["serve_health"] = data["serve_health"]
+    return out
 
 
 _ROUTE_KEYS = ("name", "host", "path_prefix", "backends", "policy", "hash_on", "hash_balance_factor", "affinity_timeout")
@@ -287,6 +340,8 @@ def _hash_on(value: Any, protocol: str, path: str) -> str:
         raise ConfigError(path, f"expected client_ip, header:NAME, cookie:NAME or query:NAME, got {value!r}")
     if protocol == "tcp":
         raise ConfigError(path, f"{kind}: needs an HTTP listener; a tcp listener can only hash on client_ip")
+    if protocol == "grpc" and kind != "header":
+        raise ConfigError(path, f"{kind}: a grpc listener hashes on client_ip or header:NAME (call metadata)")
     return value
 
 
@@ -336,6 +391,7 @@ class Overrides:
     idle_timeout: str | None = None
     max_connections: int | None = None
     policy: str | None = None
+    protocol: str | None = None
 
 
 def apply_overrides(config: Config | None, ov: Overrides) -> Config:
@@ -386,6 +442,12 @@ def apply_overrides(config: Config | None, ov: Overrides) -> Config:
         if ov.policy not in POLICIES:
             raise ConfigError("--policy", f"unknown policy {ov.policy!r} (known: {', '.join(sorted(POLICIES))})")
         changes["policy"] = ov.policy
+    if ov.protocol is not None:
+        if ov.protocol not in PROTOCOLS:
+            raise ConfigError("--protocol", f"unsupported protocol {ov.protocol!r} (supported: {', '.join(PROTOCOLS)})")
+        if any(lc.routes for lc in config.listeners):
+            raise ConfigError("--protocol", "cannot change the protocol of a listener with routes")
+        changes["protocol"] = ov.protocol
     if changes:
         config = replace(config, listeners=tuple(replace(lc, **changes) for lc in config.listeners))
     return config

@@ -63,3 +63,7 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     # aiohttp's own access log is off; its errors still come through.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # h2 and hpack log every frame and header at debug: far too costly (and
+    # too revealing: header values) for a proxy's debug level.
+    for name in ("h2", "hpack"):
+        logging.getLogger(name).setLevel(logging.WARNING)

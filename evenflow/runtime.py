@@ -24,6 +24,7 @@ from discovery.static import StaticDiscovery
 from evenflow.config import Config, ListenerConfig, route_listener_config
 from evenflow.sources import DnsBackends, FileBackends, StaticBackends
 from proxy.admin import AdminServer, AdminState
+from proxy.grpc import GrpcListener
 from proxy.listener import TcpListener
 from proxy.websocket import WebSocketListener
 
@@ -32,7 +33,7 @@ log = logging.getLogger("evenflow")
 # Exit code when a second signal cuts the drain short.
 FORCED_EXIT = 1
 
-LISTENERS: dict[str, type[TcpListener]] = {"tcp": TcpListener, "websocket": WebSocketListener}
+LISTENERS: dict[str, type[TcpListener]] = {"tcp": TcpListener, "websocket": WebSocketListener, "grpc": GrpcListener}
 
 
 # How long start-up waits for every source's first answer before opening the

@@ -121,3 +121,23 @@ def balance_factor(value: Any, path: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 1.0:
         raise ConfigError(path, f"expected a number above 1.0 (e.g. 1.25), got {value!r}")
     return float(value)
+
+
+_SIZE_UNITS = {"": 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "KB": 1000, "MB": 1000**2, "GB": 1000**3}
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMG]i?B|B)?\s*$")
+
+
+def parse_size(value: Any, path: str) -> int:
+    """A byte count: a whole number, or one with a unit (``64KiB``, ``16MiB``, ``4MB``)."""
+    if isinstance(value, bool):
+        raise ConfigError(path, f"expected a size such as 4194304, 64KiB or 16MiB, got {value!r}")
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _SIZE_RE.match(str(value))
+        if match is None:
+            raise ConfigError(path, f"expected a size such as 4194304, 64KiB or 16MiB, got {value!r}")
+        size = int(match.group(1)) * _SIZE_UNITS[match.group(2) or ""]
+    if size <= 0:
+        raise ConfigError(path, f"must be greater than zero, got {value!r}")
+    return size

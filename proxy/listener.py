@@ -104,6 +104,15 @@ class TcpListener:
     def backend_draining(self, backend: Backend) -> None:
         """Called when a backend turns draining (its deadline is already set)."""
 
+    def drain_deadline_passed(self, backend: Backend) -> int:
+        """A draining backend's deadline: close what it still serves; how many."""
+        closed = 0
+        for conn in list(self.connections):
+            if conn.backend is backend:
+                conn.close("drain_timeout")
+                closed += 1
+        return closed
+
     def begin_shutdown(self, drain_timeout: float) -> None:
         """Called when the process starts draining, after accepting stopped."""
 
@@ -166,11 +175,7 @@ class TcpListener:
             self._timers.discard(handle)
             if backend.draining_since != since or self.pool.get(backend.address) is not backend:
                 return  # restored (and perhaps draining again, on a later deadline), or already gone
-            closed = 0
-            for conn in list(self.connections):
-                if conn.backend is backend:
-                    conn.close("drain_timeout")
-                    closed += 1
+            closed = self.drain_deadline_passed(backend)
             if closed:
                 log.info("drain deadline", extra={"listener": self.name, "backend": backend.address, "closed": closed})
 

@@ -1,0 +1,435 @@
+"""One proxied gRPC call: a client stream paired with a stream on a backend.
+
+Owns the call's life: placement (and re-placement while that is still
+safe), the relay of headers, DATA and trailers in both directions under both
+connections' flow control, deadlines, cancellation either way, and the
+responses the proxy gives itself (UNAVAILABLE, DEADLINE_EXCEEDED, …).
+
+Flow control is end to end: bytes from one side are acknowledged to it (which
+lets its sender send more) only once they have been handed to the other side
+within that side's window. So a slow reader stalls only its own stream, and
+what the proxy holds per stream is bounded by the window it advertised.
+
+It never parses a message; with ``max_message_size`` it reads only the
+5-byte prefixes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+from h2.errors import ErrorCodes
+from h2.exceptions import H2Error
+
+from balancer.policies import NO_CONTEXT
+from proxy.grpcwire import Headers, MessageSizer, Status, status_trailers, trailers_only
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from balancer.backend import Backend
+    from proxy.grpc import GrpcListener
+    from proxy.h2front import FrontConnection
+    from proxy.h2upstream import UpstreamConnection
+
+access_log = logging.getLogger("evenflow.access")
+
+# Request bytes kept after they went upstream, until the backend answers, so a
+# stream the backend refused can start again elsewhere. Unary requests fit;
+# past this a stream is no longer retried (the backend may have seen it).
+REPLAY_LIMIT = 64 * 1024
+_NO_ERROR = ErrorCodes.NO_ERROR
+_CANCEL = ErrorCodes.CANCEL
+_REFUSED = ErrorCodes.REFUSED_STREAM
+
+
+class ProxiedStream:
+    __slots__ = (
+        "backend",
+        "deadline",
+        "done",
+        "down_end",
+        "down_queue",
+        "front",
+        "headers",
+        "listener",
+        "path",
+        "replay",
+        "replay_size",
+        "response_started",
+        "sid",
+        "sizer",
+        "started",
+        "status",
+        "tried",
+        "up",
+        "up_end",
+        "up_end_sent",
+        "up_queue",
+        "up_trailers",
+        "usid",
+    )
+
+    def __init__(self, listener: GrpcListener, front: FrontConnection, sid: int, headers: Headers, path: bytes) -> None:
+        self.listener = listener
+        self.front = front
+        self.sid = sid
+        self.headers = headers
+        self.path = path
+        self.backend: Backend | None = None
+        self.up: UpstreamConnection | None = None
+        self.usid = 0
+        self.tried: list[Backend] = []
+        # Client -> backend: (bytes, already acknowledged to the client?)
+        self.up_queue: deque[tuple[bytes, bool]] = deque()
+        self.up_end = False  # the client finished its request
+        self.up_end_sent = False
+        self.up_trailers: Headers | None = None
+        self.replay: list[bytes] | None = []
+        self.replay_size = 0
+        # Backend -> client: bytes, then the end (trailers, or True for a bare END_STREAM).
+        self.down_queue: deque[bytes] = deque()
+        self.down_end: Headers | bool = False
+        self.response_started = False
+        self.done = False
+        self.deadline: asyncio.TimerHandle | None = None
+        self.sizer = MessageSizer(listener.max_message_size) if listener.max_message_size else None
+        self.started = listener.loop.time()
+        self.status = ""
+
+    # -- placement ---------------------------------------------------------------
+
+    def place(self) -> None:
+        """Choose a backend (not one already tried) and hand the stream to its pool."""
+        listener = self.listener
+        pool = listener.pool
+        ctx = listener.pick_context_for(self) if pool.policy.needs else NO_CONTEXT
+        backend = pool.pick(self.tried, ctx)
+        if backend is None:
+            if self.tried:
+                self.fail(Status.UNAVAILABLE, f"listener {listener.name}: no backend could take the call")
+            else:
+                listener.stats.refuse("no_backends")
+                self.fail(Status.UNAVAILABLE, f"listener {listener.name}: no endpoints available")
+            return
+        pool.acquire(backend)
+        backend.total += 1
+        self.backend = backend
+        listener.upstream_pool(backend).assign(self)
+
+    def attach(self, up: UpstreamConnection) -> None:
+        """The upstream connection can take the stream now: open it there."""
+        conn = up.conn
+        self.up = up
+        self.usid = usid = conn.get_next_available_stream_id()
+        end = self.up_end and not self.up_queue and self.up_trailers is None
+        conn.send_headers(usid, self.headers, end_stream=end)
+        if end:
+            self.up_end_sent = True
+        up.streams[usid] = self
+        up.mark()
+        if self.up_queue or (self.up_end and not end):
+            self.pump_up()
+
+    def retry(self) -> None:
+        """The backend did not take the stream (refused, GOAWAY before it, its
+        connection failed): start it again elsewhere, from the replay copy."""
+        replay = self.replay
+        assert replay is not None
+        self._detach_upstream()
+        if self.backend is not None:
+            self.tried.append(self.backend)
+            self.listener.stream_released(self.backend)
+            self.backend = None
+        self.listener.stats_retry()
+        for chunk in reversed(replay):
+            self.up_queue.appendleft((chunk, True))
+        self.replay = []
+        self.replay_size = 0
+        self.up_end_sent = False
+        self.place()
+
+    def _detach_upstream(self) -> None:
+        up = self.up
+        if up is not None:
+            up.streams.pop(self.usid, None)
+            up.stream_gone()
+        self.up = None
+        self.usid = 0
+
+    @property
+    def retryable(self) -> bool:
+        return self.replay is not None and not self.response_started
+
+    # -- client -> backend -----------------------------------------------------
+
+    def from_client(self, data: bytes, flow_len: int) -> None:
+        front = self.front
+        if flow_len != len(data):  # padding is acknowledged at once
+            front.conn.acknowledge_received_data(flow_len - len(data), self.sid)
+        if self.sizer is not None and (size := self.sizer.feed(data)) is not None:
+            self.fail(Status.RESOURCE_EXHAUSTED, f"request message of {size} bytes exceeds max_message_size {self.sizer.limit}")
+            return
+        self.up_queue.append((data, False))
+        if self.up is not None:
+            self.pump_up()
+
+    def client_ended(self, trailers: Headers | None = None) -> None:
+        self.up_end = True
+        if trailers:  # request trailers: rare in gRPC, relayed like the rest
+            self.up_trailers = trailers
+        if self.up is not None:
+            self.pump_up()
+
+    def pump_up(self) -> None:
+        """Move queued request bytes into the upstream stream's window."""
+        up = self.up
+        if up is None or up.paused or self.up_end_sent:
+            return
+        conn = up.conn
+        usid = self.usid
+        queue = self.up_queue
+        ack = self.front.conn.acknowledge_received_data
+        replay = self.replay
+        sent_any = False
+        while queue:
+            window = conn.local_flow_control_window(usid)
+            if window <= 0:
+                break
+            data, acked = queue[0]
+            n = len(data)
+            size = min(window, conn.max_outbound_frame_size)
+            if n > size:
+                queue[0] = (data[size:], acked)
+                data, n = data[:size], size
+            else:
+                queue.popleft()
+            conn.send_data(usid, data)
+            sent_any = True
+            if not acked:
+                ack(n, self.sid)
+            if replay is not None:
+                self.replay_size += n
+                if self.replay_size > REPLAY_LIMIT:
+                    self.replay = replay = None
+                else:
+                    replay.append(data)
+        if not queue and self.up_end:
+            if self.up_trailers is not None:
+                conn.send_headers(usid, self.up_trailers, end_stream=True)
+            else:
+                conn.end_stream(usid)
+            self.up_end_sent = True
+            sent_any = True
+        if sent_any:
+            up.mark()
+            self.front.mark()
+
+    # -- backend -> client -----------------------------------------------------
+
+    def response_headers(self, headers: Headers, ended: bool) -> None:
+        self.replay = None  # the backend answered: never retried from here on
+        self.response_started = True
+        front = self.front
+        if ended:  # trailers-only: one HEADERS frame carries status and end
+            self.status = _grpc_status(headers)
+            self._send_front_headers(headers, True)
+            self._finish("ok")
+            return
+        try:
+            front.conn.send_headers(self.sid, headers)
+        except H2Error:
+            self._client_gone()
+            return
+        front.mark()
+
+    def from_upstream(self, data: bytes, flow_len: int) -> None:
+        up = self.up
+        if up is not None and flow_len != len(data):
+            up.conn.acknowledge_received_data(flow_len - len(data), self.usid)
+        self.down_queue.append(data)
+        self.pump_down()
+
+    def upstream_ended(self, trailers: Headers | None) -> None:
+        if trailers is not None:
+            self.status = _grpc_status(trailers)
+        self.down_end = trailers if trailers is not None else True
+        self.pump_down()
+
+    def pump_down(self) -> None:
+        """Move queued response bytes into the client stream's window."""
+        front = self.front
+        if front.paused or self.done:
+            return
+        conn = front.conn
+        sid = self.sid
+        queue = self.down_queue
+        up = self.up
+        sent_any = False
+        try:
+            while queue:
+                window = conn.local_flow_control_window(sid)
+                if window <= 0:
+                    break
+                data = queue[0]
+                n = len(data)
+                size = min(window, conn.max_outbound_frame_size)
+                if n > size:
+                    queue[0] = data[size:]
+                    data, n = data[:size], size
+                else:
+                    queue.popleft()
+                conn.send_data(sid, data)
+                sent_any = True
+                if up is not None:
+                    up.conn.acknowledge_received_data(n, self.usid)
+        except H2Error:
+            self._client_gone()
+            return
+        if sent_any:
+            front.mark()
+            if up is not None:
+                up.mark()
+        end = self.down_end
+        if not queue and end is not False:
+            if end is True:
+                self._end_front_stream()
+            else:
+                self._send_front_headers(end, True)
+            self._finish("ok")
+
+    # -- ends --------------------------------------------------------------------
+
+    def client_reset(self, code: int) -> None:
+        """The client cancelled (RST_STREAM): cancel the backend's stream too."""
+        if self.done:
+            return
+        self._reset_upstream(code)
+        self.status = "cancelled"
+        self._finish("client_reset")
+
+    def upstream_reset(self, code: int) -> None:
+        if self.done:
+            return
+        if code == _REFUSED and self.retryable:
+            self.retry()
+            return
+        # The reset goes on to the client with the same code: CANCEL stays a
+        # cancellation, anything else reaches the client as the backend said.
+        self._detach_upstream()
+        try:
+            self.front.conn.reset_stream(self.sid, code)
+            self.front.mark()
+        except H2Error:
+            pass
+        self.status = "reset"
+        self._finish("upstream_reset")
+
+    def upstream_lost(self, retry_safe: bool, why: str) -> None:
+        """The backend's connection failed or went away under this stream."""
+        if self.done:
+            return
+        if retry_safe and self.retryable:
+            self.retry()
+            return
+        self._detach_upstream()
+        self.fail(Status.UNAVAILABLE, f"backend {self.backend.address if self.backend else '?'}: {why}")
+
+    def fail(self, status: Status, message: str) -> None:
+        """End the call from the proxy with a gRPC status (and cancel upstream)."""
+        if self.done:
+            return
+        self._reset_upstream(_CANCEL)
+        self.status = status.name
+        self.listener.local_reply(status)
+        self.down_queue.clear()
+        if self.response_started:
+            self._send_front_headers(status_trailers(status, message), True)
+        else:
+            self.response_started = True
+            self._send_front_headers(trailers_only(status, message), True)
+        self._finish("local")
+
+    def deadline_passed(self) -> None:
+        self.deadline = None
+        self.fail(Status.DEADLINE_EXCEEDED, "deadline exceeded")
+
+    def _reset_upstream(self, code: int) -> None:
+        up = self.up
+        if up is None:
+            return
+        try:
+            up.conn.reset_stream(self.usid, code)
+            up.mark()
+        except H2Error:
+            pass  # already closed on that side
+        self._detach_upstream()
+
+    def _send_front_headers(self, headers: Headers, end: bool) -> None:
+        try:
+            self.front.conn.send_headers(self.sid, headers, end_stream=end)
+        except H2Error:
+            self._client_gone()
+            return
+        self.front.mark()
+
+    def _end_front_stream(self) -> None:
+        try:
+            self.front.conn.end_stream(self.sid)
+        except H2Error:
+            self._client_gone()
+            return
+        self.front.mark()
+
+    def _client_gone(self) -> None:
+        """The client stream closed under us (reset crossed our frames)."""
+        self._reset_upstream(_CANCEL)
+        self._finish("client_reset")
+
+    def _finish(self, end: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+        front = self.front
+        front.streams.pop(self.sid, None)
+        # Request bytes never sent upstream still count against the client's
+        # connection window: give them back, or the connection slowly starves.
+        unacked = sum(len(d) for d, acked in self.up_queue if not acked)
+        self.up_queue.clear()
+        if unacked:
+            front.conn.acknowledge_received_data(unacked, self.sid)
+            front.mark()
+        if not self.up_end and end == "ok":
+            # The response is complete but the client is still sending: tell it
+            # to stop (RFC 9113 §8.1), as gRPC servers do.
+            try:
+                front.conn.reset_stream(self.sid, _NO_ERROR)
+            except H2Error:
+                pass
+        up = self.up
+        if up is not None:
+            if not self.up_end_sent:
+                try:
+                    up.conn.reset_stream(self.usid, _NO_ERROR if end == "ok" else _CANCEL)
+                except H2Error:
+                    pass
+            leftover = sum(len(d) for d in self.down_queue)
+            if leftover:
+                up.conn.acknowledge_received_data(leftover, self.usid)
+            up.mark()
+            self._detach_upstream()
+        self.down_queue.clear()
+        self.listener.stream_finished(self, end)
+
+
+def _grpc_status(headers: Headers) -> str:
+    for key, value in headers:
+        if key == b"grpc-status":
+            return value.decode("latin-1")
+    return ""
+

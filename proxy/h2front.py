@@ -1,0 +1,288 @@
+"""The client side of a gRPC listener: one HTTP/2 server connection per client.
+
+Owns the socket, the ``h2`` server state machine, the check of the
+connection preface (an HTTP/1 client gets a ``505``; anything else a plain
+close), event dispatch to the streams, and the connection's end: GOAWAY on
+shutdown, a protocol error, or the client leaving. Placement and relaying are
+``ProxiedStream``'s; the listener owns the books.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    RemoteSettingsChanged,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+    TrailersReceived,
+    WindowUpdated,
+)
+from h2.exceptions import H2Error, ProtocolError
+from h2.settings import SettingCodes, Settings
+
+from proxy.grpcwire import PREFACE, Status, looks_like_http1
+
+if TYPE_CHECKING:
+    from proxy.grpc import GrpcListener
+    from proxy.grpcstream import ProxiedStream
+
+log = logging.getLogger("evenflow.grpc")
+
+# Write-buffer marks: past HIGH the streams stop moving bytes towards this
+# client (they stay queued within the windows) until the buffer drains.
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+
+# Header validation stays on inbound (a malformed request is a protocol error
+# the client must hear about) and off outbound: what we send is what a backend
+# or this proxy already produced, and re-checking it costs a pass per header.
+SERVER_CONFIG = H2Configuration(
+    client_side=False,
+    header_encoding=None,
+    validate_outbound_headers=False,
+    normalize_outbound_headers=False,
+    normalize_inbound_headers=False,
+)
+
+_HTTP1_REPLY = (
+    b"HTTP/1.1 505 HTTP Version Not Supported\r\n"
+    b"Content-Type: text/plain\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+)
+
+
+class FrontConnection(asyncio.Protocol):
+    __slots__ = (
+        "backend",
+        "bytes_down",
+        "bytes_up",
+        "conn",
+        "dirty",
+        "finished",
+        "goaway_sent",
+        "listener",
+        "paused",
+        "pending",
+        "preface",
+        "reason",
+        "started",
+        "streams",
+        "transport",
+    )
+
+    def __init__(self, listener: GrpcListener) -> None:
+        self.listener = listener
+        self.conn = H2Connection(SERVER_CONFIG)
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, ProxiedStream] = {}
+        self.paused = False
+        self.dirty = False
+        self.finished = False
+        self.goaway_sent = False
+        self.preface: bytes | None = b""  # the first bytes, until they prove to be HTTP/2
+        self.reason: str | None = None
+        self.started = 0.0
+        # What TcpListener's books expect of a connection.
+        self.backend = None
+        self.pending = None
+        self.bytes_up = 0
+        self.bytes_down = 0
+
+    # -- socket events ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)  # type: ignore[attr-defined]
+        listener = self.listener
+        listener.accepted(self)  # type: ignore[arg-type]
+        if self.finished:
+            return
+        conn = self.conn
+        conn.local_settings = Settings(
+            client=False,
+            initial_values={
+                SettingCodes.MAX_CONCURRENT_STREAMS: listener.max_concurrent_streams,
+                SettingCodes.INITIAL_WINDOW_SIZE: listener.stream_window,
+                SettingCodes.MAX_HEADER_LIST_SIZE: listener.max_header_list_size,
+            },
+        )
+        conn.initiate_connection()
+        # The connection window starts at 64 KiB and only WINDOW_UPDATE can
+        # raise it; sized so every stream can fill its own window at once.
+        conn.increment_flow_control_window(listener.connection_window - 65535)
+        self.mark()
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_up += len(data)
+        if self.preface is not None:
+            data = self._check_preface(data)
+            if not data:
+                return
+        try:
+            events = self.conn.receive_data(data)
+        except ProtocolError as exc:
+            self._protocol_error(exc)
+            return
+        streams = self.streams
+        for event in events:
+            kind = type(event)
+            if kind is DataReceived:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream.from_client(event.data, event.flow_controlled_length)
+                else:  # a stream we already ended: keep the connection window open
+                    self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif kind is RequestReceived:
+                self.listener.request(self, event.stream_id, event.headers, event.stream_ended is not None)
+            elif kind is StreamEnded:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream.client_ended()
+            elif kind is WindowUpdated:
+                self._window_opened(event.stream_id)
+            elif kind is StreamReset:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream.client_reset(event.error_code)
+            elif kind is TrailersReceived:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream.client_ended(event.headers)
+            elif kind is RemoteSettingsChanged:
+                self._window_opened(0)
+            elif kind is ConnectionTerminated:
+                # The client will open no more streams; those below its
+                # last_stream_id finish, then the connection closes.
+                self.goaway_sent = True
+                self._close_if_idle()
+        self.mark()
+
+    def _check_preface(self, data: bytes) -> bytes:
+        seen = (self.preface or b"") + data
+        n = min(len(seen), len(PREFACE))
+        if seen[:n] != PREFACE[:n]:
+            self.preface = None
+            self._not_http2(seen)
+            return b""
+        if n < len(PREFACE):
+            self.preface = seen
+            return b""
+        self.preface = None
+        return seen
+
+    def _not_http2(self, head: bytes) -> None:
+        listener = self.listener
+        transport = self.transport
+        assert transport is not None
+        if looks_like_http1(head):
+            body = f"listener {listener.name} speaks gRPC (HTTP/2 with prior knowledge); HTTP/1.x is not supported\n".encode()
+            transport.write(_HTTP1_REPLY % (len(body), body))
+            listener.stats.http_errors[505] = listener.stats.http_errors.get(505, 0) + 1
+        listener.stats.refuse("not_http2")
+        self.reason = "not_http2"
+        log.info("not an HTTP/2 client", extra={"listener": listener.name, "first_bytes": head[:16].hex()})
+        transport.close()
+
+    def _protocol_error(self, exc: ProtocolError) -> None:
+        code = getattr(exc, "error_code", None) or ErrorCodes.PROTOCOL_ERROR
+        log.info("HTTP/2 protocol error", extra={"listener": self.listener.name, "error": str(exc) or type(exc).__name__})
+        self.reason = "protocol_error"
+        try:
+            self.conn.close_connection(error_code=code, additional_data=str(exc).encode()[:256])
+        except H2Error:
+            pass
+        self.flush()
+        self._fail_streams("client connection failed")
+        if self.transport is not None:
+            self.transport.close()
+
+    def _window_opened(self, stream_id: int) -> None:
+        if stream_id:
+            stream = self.streams.get(stream_id)
+            if stream is not None:
+                stream.pump_down()
+        else:
+            for stream in list(self.streams.values()):
+                stream.pump_down()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        for stream in list(self.streams.values()):
+            stream.pump_down()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.finished = True
+        self.transport = None
+        if self.reason is None:
+            self.reason = "client_closed" if exc is None else "client_reset"
+        self._fail_streams("client connection closed")
+        self.listener.finished(self)  # type: ignore[arg-type]
+
+    def _fail_streams(self, why: str) -> None:
+        for stream in list(self.streams.values()):
+            stream.client_reset(ErrorCodes.CANCEL)
+
+    # -- writing ---------------------------------------------------------------
+
+    def mark(self) -> None:
+        """Queue this connection's pending frames for the end of this loop turn."""
+        if not self.dirty:
+            self.dirty = True
+            self.listener.flusher.add(self)
+
+    def flush(self) -> None:
+        self.dirty = False
+        data = self.conn.data_to_send()
+        if data and self.transport is not None:
+            self.bytes_down += len(data)
+            self.transport.write(data)
+
+    # -- ends ------------------------------------------------------------------
+
+    def goaway(self) -> None:
+        """Graceful end: no new streams; those already open may finish."""
+        if self.goaway_sent or self.transport is None:
+            return
+        self.goaway_sent = True
+        try:
+            self.conn.close_connection(last_stream_id=self.conn.highest_inbound_stream_id)
+        except H2Error:
+            pass
+        self.mark()
+        self._close_if_idle()
+
+    def stream_done(self) -> None:
+        if self.goaway_sent and not self.streams:
+            self._close_if_idle()
+
+    def _close_if_idle(self) -> None:
+        if not self.streams and self.transport is not None:
+            self.flush()
+            self.transport.close()
+
+    def close(self, reason: str, abort: bool = True) -> None:
+        """The drain deadline: end open calls as UNAVAILABLE, then hang up."""
+        if self.finished:
+            return
+        if self.reason is None:
+            self.reason = reason
+        for stream in list(self.streams.values()):
+            stream.fail(Status.UNAVAILABLE, f"proxy {reason}")
+        if self.transport is not None:
+            try:
+                self.conn.close_connection(last_stream_id=self.conn.highest_inbound_stream_id)
+            except H2Error:
+                pass
+            self.flush()
+            self.transport.close()
