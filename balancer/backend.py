@@ -10,6 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from balancer.endpoint import Endpoint
+from balancer.health import Health
 
 
 class BackendState(StrEnum):
@@ -20,7 +21,7 @@ class BackendState(StrEnum):
 
 
 class Backend:
-    __slots__ = ("active", "address", "draining_since", "endpoint", "host", "port", "state", "total")
+    __slots__ = ("active", "address", "draining_since", "endpoint", "health", "health_reason", "host", "port", "state", "total")
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
@@ -31,10 +32,12 @@ class Backend:
         self.active = 0
         self.total = 0
         self.draining_since: float | None = None
+        self.health = Health.UNCHECKED
+        self.health_reason = ""
 
     @property
     def eligible(self) -> bool:
-        return self.state is BackendState.READY
+        return self.state is BackendState.READY and self.health is not Health.UNHEALTHY
 
     def __repr__(self) -> str:
         return f"Backend({self.address}, {self.state.value}, active={self.active})"

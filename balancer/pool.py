@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from balancer.backend import Backend, BackendState
 from balancer.endpoint import EndpointSet
+from balancer.health import Health
 from balancer.policies import NO_CONTEXT, PickContext, Policy
 
 
@@ -65,8 +66,30 @@ class BackendPool:
         for address, backend in list(self._backends.items()):
             if address not in snapshot:
                 self._retire(backend, now, change)
-        self._eligible = tuple(b for b in self._backends.values() if b.eligible)
+        self._refresh()
         return change
+
+    def _refresh(self) -> None:
+        eligible = tuple(b for b in self._backends.values() if b.eligible)
+        if not eligible:
+            # Every ready backend failed its health check: fail open (as
+            # Envoy's panic mode does) rather than refuse everything; a
+            # health check that is wrong everywhere is likelier than a
+            # service that is down everywhere, and a call to a sick pod
+            # fails no worse than a refused one.
+            eligible = tuple(b for b in self._backends.values() if b.state is BackendState.READY)
+        self._eligible = eligible
+
+    def set_health(self, backend: Backend, health: Health, reason: str = "") -> None:
+        """An active check's verdict changed: picks follow at once."""
+        backend.health = health
+        backend.health_reason = reason
+        self._refresh()
+
+    @property
+    def panic(self) -> bool:
+        """True when only unhealthy backends are left and picks use them anyway."""
+        return bool(self._eligible) and all(b.health is Health.UNHEALTHY for b in self._eligible)
 
     def _retire(self, backend: Backend, now: float, change: PoolChange) -> None:
         if backend.state is BackendState.DRAINING:

@@ -43,7 +43,9 @@ def parse_health_check(value: Any, protocol: str, path: str) -> HealthCheckConfi
     if kind not in CHECK_TYPES:
         raise ConfigError(f"{path}.type", f"expected one of {', '.join(CHECK_TYPES)}, got {kind!r}")
     if protocol not in CHECK_TYPES[kind]:
-        raise ConfigError(f"{path}.type", f"a {kind} check needs a {' or '.join(CHECK_TYPES[kind])} listener (this one is {protocol})")
+        raise ConfigError(
+            f"{path}.type", f"a {kind} check needs a {' or '.join(CHECK_TYPES[kind])} listener (this one is {protocol})"
+        )
     kwargs: dict[str, Any] = {}
     for key in ("interval", "timeout"):
         if key in data:

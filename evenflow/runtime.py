@@ -129,6 +129,10 @@ class Runtime:
         listener.source = self._discoveries.get(lc.name) or discovery_for(lc)
         self.listeners.append(listener)
         self._tasks.append(self.loop.create_task(self._follow(listener, listener.source)))
+        if lc.health_check is not None:
+            from proxy.healthcheck import HealthChecker
+
+            self._tasks.append(self.loop.create_task(HealthChecker(listener, lc.health_check, self._rng).run()))
         return listener
 
     async def _follow(self, listener: TcpListener, source: Discovery) -> None:

@@ -45,8 +45,10 @@ def backends_view(listeners: Sequence[TcpListener]) -> dict[str, Any]:
                     {
                         "address": backend.address,
                         "state": backend.state.value,
+                        "health": backend.health.value,
                         "active": backend.active,
                         "total": backend.total,
+                        **listener.backend_extras(backend),
                     }
                     for backend in sorted(listener.backends(), key=lambda b: b.address)
                 ],

@@ -243,7 +243,9 @@ class GrpcListener(TcpListener):
 
     # -- views -------------------------------------------------------------------------
 
+    def backend_extras(self, backend: Backend) -> dict[str, object]:
+        return {**super().backend_extras(backend), "upstream_connections": self.upstream_connections(backend.address)}
+
     def upstream_connections(self, address: str) -> int:
         pool = self.upstreams.get(address)
         return len(pool.conns) if pool is not None else 0
-

@@ -16,6 +16,7 @@ It never parses a message; with ``max_message_size`` it reads only the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import deque
 from typing import TYPE_CHECKING
@@ -407,17 +408,13 @@ class ProxiedStream:
         if not self.up_end and end == "ok":
             # The response is complete but the client is still sending: tell it
             # to stop (RFC 9113 §8.1), as gRPC servers do.
-            try:
+            with contextlib.suppress(H2Error):
                 front.conn.reset_stream(self.sid, _NO_ERROR)
-            except H2Error:
-                pass
         up = self.up
         if up is not None:
             if not self.up_end_sent:
-                try:
+                with contextlib.suppress(H2Error):
                     up.conn.reset_stream(self.usid, _NO_ERROR if end == "ok" else _CANCEL)
-                except H2Error:
-                    pass
             leftover = sum(len(d) for d in self.down_queue)
             if leftover:
                 up.conn.acknowledge_received_data(leftover, self.usid)
@@ -432,4 +429,3 @@ def _grpc_status(headers: Headers) -> str:
         if key == b"grpc-status":
             return value.decode("latin-1")
     return ""
-

@@ -10,6 +10,7 @@ shutdown, a protocol error, or the client leaving. Placement and relaying are
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -54,8 +55,7 @@ SERVER_CONFIG = H2Configuration(
 )
 
 _HTTP1_REPLY = (
-    b"HTTP/1.1 505 HTTP Version Not Supported\r\n"
-    b"Content-Type: text/plain\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+    b"HTTP/1.1 505 HTTP Version Not Supported\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
 )
 
 
@@ -195,10 +195,8 @@ class FrontConnection(asyncio.Protocol):
         code = getattr(exc, "error_code", None) or ErrorCodes.PROTOCOL_ERROR
         log.info("HTTP/2 protocol error", extra={"listener": self.listener.name, "error": str(exc) or type(exc).__name__})
         self.reason = "protocol_error"
-        try:
+        with contextlib.suppress(H2Error):
             self.conn.close_connection(error_code=code, additional_data=str(exc).encode()[:256])
-        except H2Error:
-            pass
         self.flush()
         self._fail_streams("client connection failed")
         if self.transport is not None:
@@ -255,10 +253,8 @@ class FrontConnection(asyncio.Protocol):
         if self.goaway_sent or self.transport is None:
             return
         self.goaway_sent = True
-        try:
+        with contextlib.suppress(H2Error):
             self.conn.close_connection(last_stream_id=self.conn.highest_inbound_stream_id)
-        except H2Error:
-            pass
         self.mark()
         self._close_if_idle()
 
@@ -280,9 +276,7 @@ class FrontConnection(asyncio.Protocol):
         for stream in list(self.streams.values()):
             stream.fail(Status.UNAVAILABLE, f"proxy {reason}")
         if self.transport is not None:
-            try:
+            with contextlib.suppress(H2Error):
                 self.conn.close_connection(last_stream_id=self.conn.highest_inbound_stream_id)
-            except H2Error:
-                pass
             self.flush()
             self.transport.close()

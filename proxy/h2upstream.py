@@ -13,6 +13,7 @@ backend is the balancer's; a stream only arrives here once placed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from typing import TYPE_CHECKING
@@ -270,10 +271,8 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.closing = True
         if self.transport is not None:
-            try:
+            with contextlib.suppress(H2Error):
                 self.conn.close_connection(error_code=ErrorCodes.NO_ERROR)
-            except H2Error:
-                pass
             self.mark()
         self._close_if_idle()
 

@@ -335,6 +335,10 @@ class TcpListener:
     def backends(self) -> Iterable[Backend]:
         return self.pool
 
+    def backend_extras(self, backend: Backend) -> dict[str, object]:
+        """Protocol-specific fields of a backend in ``/backends``."""
+        return {"health_reason": backend.health_reason} if backend.health_reason else {}
+
     # -- idle timeout ------------------------------------------------------------
 
     async def _sweep_idle(self, idle_timeout: float) -> None:

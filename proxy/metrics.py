@@ -32,6 +32,7 @@ class ProxyCollector(Collector):
         yield from _listener_families(listeners)
         yield from _discovery_families(listeners)
         yield from _http_families(listeners)
+        yield from _grpc_families(listeners)
         draining = GaugeMetricFamily("evenflow_draining", "1 while the process is shutting down.")
         draining.add_metric([], 1 if self._draining() else 0)
         yield draining
@@ -146,10 +147,35 @@ def _http_families(listeners: Sequence[TcpListener]) -> Iterator[Metric]:
     for listener in listeners:
         if listener.config.protocol == "tcp":
             continue
-        upgrades.add_metric([listener.name], listener.stats.upgrades)
+        if listener.config.protocol == "websocket":
+            upgrades.add_metric([listener.name], listener.stats.upgrades)
         for code, n in sorted(listener.stats.http_errors.items()):
             errors.add_metric([listener.name, str(code)], n)
     yield from (errors, upgrades)
+
+
+def _grpc_families(listeners: Sequence[TcpListener]) -> Iterator[Metric]:
+    calls = CounterMetricFamily("evenflow_grpc_calls", "gRPC calls (HTTP/2 streams) clients opened.", labels=["listener"])
+    retries = CounterMetricFamily(
+        "evenflow_grpc_call_retries",
+        "Calls started again on another backend because theirs never saw them.",
+        labels=["listener"],
+    )
+    local = CounterMetricFamily(
+        "evenflow_grpc_local_replies", "Calls the proxy ended itself, by gRPC status.", labels=["listener", "code"]
+    )
+    conns = GaugeMetricFamily("evenflow_grpc_upstream_connections", "HTTP/2 connections open to a backend now.", labels=_BACKEND)
+    for listener in listeners:
+        grpc = getattr(listener, "grpc", None)
+        if grpc is None:
+            continue
+        calls.add_metric([listener.name], grpc.streams)
+        retries.add_metric([listener.name], grpc.retries)
+        for code, n in sorted(grpc.local_replies.items()):
+            local.add_metric([listener.name, code], n)
+        for backend in listener.backends():
+            conns.add_metric([listener.name, backend.address], listener.upstream_connections(backend.address))  # type: ignore[attr-defined]
+    yield from (calls, retries, local, conns)
 
 
 def _add_histogram(family: HistogramMetricFamily, labels: list[str], hist: Histogram) -> None:
