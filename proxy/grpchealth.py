@@ -11,9 +11,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from h2.errors import ErrorCodes
-from h2.exceptions import H2Error
-
 from proxy.grpcwire import (
     ServingStatus,
     Status,
@@ -24,6 +21,7 @@ from proxy.grpcwire import (
     trailers_only,
     unframe_message,
 )
+from proxy.http2 import ErrorCode, Http2Error
 
 if TYPE_CHECKING:
     from proxy.grpc import GrpcListener
@@ -74,7 +72,7 @@ class LocalHealthStream:
             conn.send_headers(self.sid, [(b":status", b"200"), (b"content-type", b"application/grpc")])
             conn.send_data(self.sid, frame_message(encode_health_response(status)))
             conn.send_headers(self.sid, status_trailers(Status.OK, ""), end_stream=True)
-        except H2Error:
+        except Http2Error:
             pass
         self._end()
 
@@ -89,8 +87,8 @@ class LocalHealthStream:
             return
         try:
             self.front.conn.send_headers(self.sid, trailers_only(status, message), end_stream=True)
-            self.front.conn.reset_stream(self.sid, ErrorCodes.NO_ERROR)
-        except H2Error:
+            self.front.conn.reset_stream(self.sid, ErrorCode.NO_ERROR)
+        except Http2Error:
             pass
         self._end()
 

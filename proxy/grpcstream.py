@@ -21,11 +21,9 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING
 
-from h2.errors import ErrorCodes
-from h2.exceptions import H2Error
-
 from balancer.policies import NO_CONTEXT
 from proxy.grpcwire import Headers, MessageSizer, Status, status_trailers, trailers_only
+from proxy.http2 import ErrorCode, Http2Error
 
 if TYPE_CHECKING:
     import asyncio
@@ -41,9 +39,9 @@ access_log = logging.getLogger("evenflow.access")
 # stream the backend refused can start again elsewhere. Unary requests fit;
 # past this a stream is no longer retried (the backend may have seen it).
 REPLAY_LIMIT = 64 * 1024
-_NO_ERROR = ErrorCodes.NO_ERROR
-_CANCEL = ErrorCodes.CANCEL
-_REFUSED = ErrorCodes.REFUSED_STREAM
+_NO_ERROR = ErrorCode.NO_ERROR
+_CANCEL = ErrorCode.CANCEL
+_REFUSED = ErrorCode.REFUSED_STREAM
 
 
 class ProxiedStream:
@@ -156,6 +154,7 @@ class ProxiedStream:
         up = self.up
         if up is not None:
             up.streams.pop(self.usid, None)
+            up.blocked.discard(self)
             up.stream_gone()
         self.up = None
         self.usid = 0
@@ -187,7 +186,10 @@ class ProxiedStream:
     def pump_up(self) -> None:
         """Move queued request bytes into the upstream stream's window."""
         up = self.up
-        if up is None or up.paused or self.up_end_sent:
+        if up is None or self.up_end_sent:
+            return
+        if up.paused:
+            up.blocked.add(self)
             return
         conn = up.conn
         usid = self.usid
@@ -224,6 +226,10 @@ class ProxiedStream:
                 conn.end_stream(usid)
             self.up_end_sent = True
             sent_any = True
+        if queue:  # window closed: the connection wakes us when it reopens
+            up.blocked.add(self)
+        else:
+            up.blocked.discard(self)
         if sent_any:
             up.mark()
             self.front.mark()
@@ -241,7 +247,7 @@ class ProxiedStream:
             return
         try:
             front.conn.send_headers(self.sid, headers)
-        except H2Error:
+        except Http2Error:
             self._client_gone()
             return
         front.mark()
@@ -262,7 +268,10 @@ class ProxiedStream:
     def pump_down(self) -> None:
         """Move queued response bytes into the client stream's window."""
         front = self.front
-        if front.paused or self.done:
+        if self.done:
+            return
+        if front.paused:
+            front.blocked.add(self)
             return
         conn = front.conn
         sid = self.sid
@@ -286,9 +295,13 @@ class ProxiedStream:
                 sent_any = True
                 if up is not None:
                     up.conn.acknowledge_received_data(n, self.usid)
-        except H2Error:
+        except Http2Error:
             self._client_gone()
             return
+        if queue:
+            front.blocked.add(self)
+        else:
+            front.blocked.discard(self)
         if sent_any:
             front.mark()
             if up is not None:
@@ -323,7 +336,7 @@ class ProxiedStream:
         try:
             self.front.conn.reset_stream(self.sid, code)
             self.front.mark()
-        except H2Error:
+        except Http2Error:
             pass
         self.status = "reset"
         self._finish("upstream_reset")
@@ -364,14 +377,14 @@ class ProxiedStream:
         try:
             up.conn.reset_stream(self.usid, code)
             up.mark()
-        except H2Error:
+        except Http2Error:
             pass  # already closed on that side
         self._detach_upstream()
 
     def _send_front_headers(self, headers: Headers, end: bool) -> None:
         try:
             self.front.conn.send_headers(self.sid, headers, end_stream=end)
-        except H2Error:
+        except Http2Error:
             self._client_gone()
             return
         self.front.mark()
@@ -379,7 +392,7 @@ class ProxiedStream:
     def _end_front_stream(self) -> None:
         try:
             self.front.conn.end_stream(self.sid)
-        except H2Error:
+        except Http2Error:
             self._client_gone()
             return
         self.front.mark()
@@ -398,6 +411,7 @@ class ProxiedStream:
             self.deadline = None
         front = self.front
         front.streams.pop(self.sid, None)
+        front.blocked.discard(self)
         # Request bytes never sent upstream still count against the client's
         # connection window: give them back, or the connection slowly starves.
         unacked = sum(len(d) for d, acked in self.up_queue if not acked)
@@ -408,12 +422,12 @@ class ProxiedStream:
         if not self.up_end and end == "ok":
             # The response is complete but the client is still sending: tell it
             # to stop (RFC 9113 §8.1), as gRPC servers do.
-            with contextlib.suppress(H2Error):
+            with contextlib.suppress(Http2Error):
                 front.conn.reset_stream(self.sid, _NO_ERROR)
         up = self.up
         if up is not None:
             if not self.up_end_sent:
-                with contextlib.suppress(H2Error):
+                with contextlib.suppress(Http2Error):
                     up.conn.reset_stream(self.usid, _NO_ERROR if end == "ok" else _CANCEL)
             leftover = sum(len(d) for d in self.down_queue)
             if leftover:

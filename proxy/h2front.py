@@ -14,12 +14,14 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.errors import ErrorCodes
-from h2.events import (
+from proxy.grpcwire import PREFACE, Status, looks_like_http1
+from proxy.http2 import (
+    Connection,
     ConnectionTerminated,
     DataReceived,
+    ErrorCode,
+    Http2Error,
+    ProtocolError,
     RemoteSettingsChanged,
     RequestReceived,
     StreamEnded,
@@ -27,10 +29,6 @@ from h2.events import (
     TrailersReceived,
     WindowUpdated,
 )
-from h2.exceptions import H2Error, ProtocolError
-from h2.settings import SettingCodes, Settings
-
-from proxy.grpcwire import PREFACE, Status, looks_like_http1
 
 if TYPE_CHECKING:
     from proxy.grpc import GrpcListener
@@ -43,16 +41,6 @@ log = logging.getLogger("evenflow.grpc")
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 
-# Header validation stays on inbound (a malformed request is a protocol error
-# the client must hear about) and off outbound: what we send is what a backend
-# or this proxy already produced, and re-checking it costs a pass per header.
-SERVER_CONFIG = H2Configuration(
-    client_side=False,
-    header_encoding=None,
-    validate_outbound_headers=False,
-    normalize_outbound_headers=False,
-    normalize_inbound_headers=False,
-)
 
 _HTTP1_REPLY = (
     b"HTTP/1.1 505 HTTP Version Not Supported\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
@@ -62,6 +50,7 @@ _HTTP1_REPLY = (
 class FrontConnection(asyncio.Protocol):
     __slots__ = (
         "backend",
+        "blocked",
         "bytes_down",
         "bytes_up",
         "conn",
@@ -80,9 +69,17 @@ class FrontConnection(asyncio.Protocol):
 
     def __init__(self, listener: GrpcListener) -> None:
         self.listener = listener
-        self.conn = H2Connection(SERVER_CONFIG)
+        self.conn = Connection(
+            False,
+            max_concurrent_streams=listener.max_concurrent_streams,
+            initial_window_size=listener.stream_window,
+            max_header_list_size=listener.max_header_list_size,
+        )
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, ProxiedStream] = {}
+        # Streams with bytes queued for this connection that its windows (or
+        # a full socket buffer) hold back; woken when they open.
+        self.blocked: set[ProxiedStream] = set()
         self.paused = False
         self.dirty = False
         self.finished = False
@@ -106,14 +103,6 @@ class FrontConnection(asyncio.Protocol):
         if self.finished:
             return
         conn = self.conn
-        conn.local_settings = Settings(
-            client=False,
-            initial_values={
-                SettingCodes.MAX_CONCURRENT_STREAMS: listener.max_concurrent_streams,
-                SettingCodes.INITIAL_WINDOW_SIZE: listener.stream_window,
-                SettingCodes.MAX_HEADER_LIST_SIZE: listener.max_header_list_size,
-            },
-        )
         conn.initiate_connection()
         # The connection window starts at 64 KiB and only WINDOW_UPDATE can
         # raise it; sized so every stream can fill its own window at once.
@@ -141,7 +130,7 @@ class FrontConnection(asyncio.Protocol):
                 else:  # a stream we already ended: keep the connection window open
                     self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             elif kind is RequestReceived:
-                self.listener.request(self, event.stream_id, event.headers, event.stream_ended is not None)
+                self.listener.request(self, event.stream_id, event.headers, event.stream_ended)
             elif kind is StreamEnded:
                 stream = streams.get(event.stream_id)
                 if stream is not None:
@@ -192,10 +181,10 @@ class FrontConnection(asyncio.Protocol):
         transport.close()
 
     def _protocol_error(self, exc: ProtocolError) -> None:
-        code = getattr(exc, "error_code", None) or ErrorCodes.PROTOCOL_ERROR
+        code = getattr(exc, "error_code", None) or ErrorCode.PROTOCOL_ERROR
         log.info("HTTP/2 protocol error", extra={"listener": self.listener.name, "error": str(exc) or type(exc).__name__})
         self.reason = "protocol_error"
-        with contextlib.suppress(H2Error):
+        with contextlib.suppress(Http2Error):
             self.conn.close_connection(error_code=code, additional_data=str(exc).encode()[:256])
         self.flush()
         self._fail_streams("client connection failed")
@@ -208,7 +197,7 @@ class FrontConnection(asyncio.Protocol):
             if stream is not None:
                 stream.pump_down()
         else:
-            for stream in list(self.streams.values()):
+            for stream in list(self.blocked):
                 stream.pump_down()
 
     def pause_writing(self) -> None:
@@ -216,7 +205,7 @@ class FrontConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.paused = False
-        for stream in list(self.streams.values()):
+        for stream in list(self.blocked):
             stream.pump_down()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -229,7 +218,7 @@ class FrontConnection(asyncio.Protocol):
 
     def _fail_streams(self, why: str) -> None:
         for stream in list(self.streams.values()):
-            stream.client_reset(ErrorCodes.CANCEL)
+            stream.client_reset(ErrorCode.CANCEL)
 
     # -- writing ---------------------------------------------------------------
 
@@ -253,7 +242,7 @@ class FrontConnection(asyncio.Protocol):
         if self.goaway_sent or self.transport is None:
             return
         self.goaway_sent = True
-        with contextlib.suppress(H2Error):
+        with contextlib.suppress(Http2Error):
             self.conn.close_connection(last_stream_id=self.conn.highest_inbound_stream_id)
         self.mark()
         self._close_if_idle()
@@ -276,7 +265,7 @@ class FrontConnection(asyncio.Protocol):
         for stream in list(self.streams.values()):
             stream.fail(Status.UNAVAILABLE, f"proxy {reason}")
         if self.transport is not None:
-            with contextlib.suppress(H2Error):
+            with contextlib.suppress(Http2Error):
                 self.conn.close_connection(last_stream_id=self.conn.highest_inbound_stream_id)
             self.flush()
             self.transport.close()

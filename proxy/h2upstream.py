@@ -18,12 +18,13 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING
 
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.errors import ErrorCodes
-from h2.events import (
+from proxy.http2 import (
+    Connection,
     ConnectionTerminated,
     DataReceived,
+    ErrorCode,
+    Http2Error,
+    ProtocolError,
     RemoteSettingsChanged,
     ResponseReceived,
     StreamEnded,
@@ -31,8 +32,6 @@ from h2.events import (
     TrailersReceived,
     WindowUpdated,
 )
-from h2.exceptions import H2Error, ProtocolError
-from h2.settings import SettingCodes, Settings
 
 if TYPE_CHECKING:
     from balancer.backend import Backend
@@ -45,17 +44,10 @@ log = logging.getLogger("evenflow.grpc")
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 
-CLIENT_CONFIG = H2Configuration(
-    client_side=True,
-    header_encoding=None,
-    validate_outbound_headers=False,
-    normalize_outbound_headers=False,
-    normalize_inbound_headers=False,
-)
-
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
+        "blocked",
         "closing",
         "conn",
         "connected_at",
@@ -72,9 +64,18 @@ class UpstreamConnection(asyncio.Protocol):
 
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
-        self.conn = H2Connection(CLIENT_CONFIG)
+        listener = pool.listener
+        self.conn = Connection(
+            True,
+            max_concurrent_streams=listener.max_concurrent_streams,
+            initial_window_size=listener.stream_window,
+            max_header_list_size=listener.max_header_list_size,
+        )
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, ProxiedStream] = {}
+        # Streams with bytes queued for this connection that its windows (or
+        # a full socket buffer) hold back; woken when they open.
+        self.blocked: set[ProxiedStream] = set()
         # Streams assigned before the connection was up (or while it was full).
         self.waiting: deque[ProxiedStream] = deque()
         self.ready = False
@@ -106,14 +107,6 @@ class UpstreamConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)  # type: ignore[attr-defined]
         listener = self.pool.listener
         conn = self.conn
-        conn.local_settings = Settings(
-            client=True,
-            initial_values={
-                SettingCodes.ENABLE_PUSH: 0,
-                SettingCodes.INITIAL_WINDOW_SIZE: listener.stream_window,
-                SettingCodes.MAX_HEADER_LIST_SIZE: listener.max_header_list_size,
-            },
-        )
         conn.initiate_connection()
         conn.increment_flow_control_window(listener.connection_window - 65535)
         self.ready = True
@@ -150,7 +143,7 @@ class UpstreamConnection(asyncio.Protocol):
             elif kind is ResponseReceived:
                 stream = streams.get(event.stream_id)
                 if stream is not None:
-                    stream.response_headers(event.headers, event.stream_ended is not None)
+                    stream.response_headers(event.headers, event.stream_ended)
             elif kind is TrailersReceived:
                 stream = streams.get(event.stream_id)
                 if stream is not None:
@@ -178,7 +171,7 @@ class UpstreamConnection(asyncio.Protocol):
             if stream is not None:
                 stream.pump_up()
         else:
-            for stream in list(self.streams.values()):
+            for stream in list(self.blocked):
                 stream.pump_up()
 
     def _goaway_received(self, last_stream_id: int | None, code: int) -> None:
@@ -210,7 +203,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.paused = False
-        for stream in list(self.streams.values()):
+        for stream in list(self.blocked):
             stream.pump_up()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -271,8 +264,8 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.closing = True
         if self.transport is not None:
-            with contextlib.suppress(H2Error):
-                self.conn.close_connection(error_code=ErrorCodes.NO_ERROR)
+            with contextlib.suppress(Http2Error):
+                self.conn.close_connection(error_code=ErrorCode.NO_ERROR)
             self.mark()
         self._close_if_idle()
 

@@ -16,10 +16,6 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.events import DataReceived, ResponseReceived, StreamEnded, StreamReset, TrailersReceived
-
 from balancer.backend import Backend
 from balancer.health import Health, HealthVerdict
 from evenflow.checks import HealthCheckConfig
@@ -32,6 +28,7 @@ from proxy.grpcwire import (
     header_value,
     unframe_message,
 )
+from proxy.http2 import Connection, DataReceived, ResponseReceived, StreamEnded, StreamReset, TrailersReceived
 from proxy.listener import TcpListener
 
 log = logging.getLogger("evenflow.health")
@@ -66,7 +63,7 @@ def grpc_probe(service: str) -> Probe:
 
 
 async def _grpc_check(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, port: int, service: str) -> None:
-    conn = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    conn = Connection(True)
     conn.initiate_connection()
     sid = conn.get_next_available_stream_id()
     conn.send_headers(
