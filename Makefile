@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # program:package pairs for the real protocol peers in the tests
 TEST_DEBS := redis-server:redis-server redis-cli:redis-tools redis-benchmark:redis-tools sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client knotd:knot openssl:openssl
-BENCH_DEBS := haproxy:haproxy taskset:util-linux
+BENCH_DEBS := haproxy:haproxy nginx:nginx taskset:util-linux
 
 .PHONY: demo test test-slow lint bench venv clean
 
@@ -44,6 +44,7 @@ bench: $(BIN)/.dev
 	scripts/ensure-debian-packages $(BENCH_DEBS)
 	$(BIN)/python benchmarks/tcp_bench.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/ws_bench.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/grpc_bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -24,7 +24,6 @@ from discovery.static import StaticDiscovery
 from evenflow.config import Config, ListenerConfig, route_listener_config
 from evenflow.sources import DnsBackends, FileBackends, StaticBackends
 from proxy.admin import AdminServer, AdminState
-from proxy.grpc import GrpcListener
 from proxy.listener import TcpListener
 from proxy.websocket import WebSocketListener
 
@@ -33,7 +32,17 @@ log = logging.getLogger("evenflow")
 # Exit code when a second signal cuts the drain short.
 FORCED_EXIT = 1
 
-LISTENERS: dict[str, type[TcpListener]] = {"tcp": TcpListener, "websocket": WebSocketListener, "grpc": GrpcListener}
+LISTENERS: dict[str, type[TcpListener]] = {"tcp": TcpListener, "websocket": WebSocketListener}
+
+
+def listener_class(protocol: str) -> type[TcpListener]:
+    if protocol == "grpc":
+        # Imported only when used: the HPACK tables cost a few MB a process
+        # that proxies only TCP has no use for.
+        from proxy.grpc import GrpcListener
+
+        return GrpcListener
+    return LISTENERS[protocol]
 
 
 # How long start-up waits for every source's first answer before opening the
@@ -125,7 +134,7 @@ class Runtime:
     def _add_listener(self, lc: ListenerConfig) -> TcpListener:
         options = PolicyOptions(affinity_timeout=lc.affinity_timeout, hash_balance_factor=lc.hash_balance_factor)
         pool = BackendPool(make_policy(lc.policy, self._rng, options))
-        listener = LISTENERS[lc.protocol](lc, pool, self.loop)
+        listener = listener_class(lc.protocol)(lc, pool, self.loop)
         listener.source = self._discoveries.get(lc.name) or discovery_for(lc)
         self.listeners.append(listener)
         self._tasks.append(self.loop.create_task(self._follow(listener, listener.source)))

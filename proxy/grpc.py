@@ -156,7 +156,7 @@ class GrpcListener(TcpListener):
             return
         ip = client_ip(front)  # type: ignore[arg-type]
         if ip is not None:
-            headers = [*headers, (b"x-forwarded-for", ip.encode())]
+            headers = _forwarded_for(headers, ip.encode())
         stream = ProxiedStream(self, front, sid, headers, path)
         front.streams[sid] = stream
         self.live_streams.add(stream)
@@ -186,9 +186,9 @@ class GrpcListener(TcpListener):
         return pool
 
     def connect(self, pool: UpstreamPool, up: UpstreamConnection) -> None:
-        self.loop.create_task(self._connect(pool, up))
+        self.loop.create_task(self._connect_upstream(pool, up))
 
-    async def _connect(self, pool: UpstreamPool, up: UpstreamConnection) -> None:
+    async def _connect_upstream(self, pool: UpstreamPool, up: UpstreamConnection) -> None:
         backend = pool.backend
         stats = pool.stats
         t0 = self.loop.time()
@@ -225,7 +225,7 @@ class GrpcListener(TcpListener):
                 "call end",
                 extra={
                     "listener": self.name,
-                    "client": _peer(stream.front),
+                    "client": _peer(stream.front),  # type: ignore[arg-type]
                     "backend": backend.address if backend is not None else None,
                     "path": stream.path.decode("latin-1"),
                     "grpc_status": stream.status,
@@ -249,3 +249,11 @@ class GrpcListener(TcpListener):
     def upstream_connections(self, address: str) -> int:
         pool = self.upstreams.get(address)
         return len(pool.conns) if pool is not None else 0
+
+
+def _forwarded_for(headers: Headers, ip: bytes) -> Headers:
+    """The request's headers with the client appended to ``x-forwarded-for``."""
+    for i, (name, value) in enumerate(headers):
+        if name == b"x-forwarded-for":
+            return [*headers[:i], (name, value + b", " + ip), *headers[i + 1 :]]
+    return [*headers, (b"x-forwarded-for", ip)]
