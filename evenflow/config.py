@@ -7,6 +7,7 @@ says why; nothing here touches the network, so ``evenflow check`` and
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -246,7 +247,7 @@ def _parse_listener(item: Any, path: str, default_drain: float) -> ListenerConfi
     )
 
 
-def _grpc_options(data: dict[str, Any], protocol: str, path: str) -> dict[str, Any]:
+def _grpc_options(data: Mapping[str, Any], protocol: str, path: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in _GRPC_ONLY:
         if key in data and protocol != "grpc":

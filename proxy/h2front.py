@@ -122,36 +122,37 @@ class FrontConnection(asyncio.Protocol):
             return
         streams = self.streams
         for event in events:
-            kind = type(event)
-            if kind is DataReceived:
-                stream = streams.get(event.stream_id)
-                if stream is not None:
-                    stream.from_client(event.data, event.flow_controlled_length)
-                else:  # a stream we already ended: keep the connection window open
-                    self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            elif kind is RequestReceived:
-                self.listener.request(self, event.stream_id, event.headers, event.stream_ended)
-            elif kind is StreamEnded:
-                stream = streams.get(event.stream_id)
-                if stream is not None:
-                    stream.client_ended()
-            elif kind is WindowUpdated:
-                self._window_opened(event.stream_id)
-            elif kind is StreamReset:
-                stream = streams.get(event.stream_id)
-                if stream is not None:
-                    stream.client_reset(event.error_code)
-            elif kind is TrailersReceived:
-                stream = streams.get(event.stream_id)
-                if stream is not None:
-                    stream.client_ended(event.headers)
-            elif kind is RemoteSettingsChanged:
-                self._window_opened(0)
-            elif kind is ConnectionTerminated:
-                # The client will open no more streams; those below its
-                # last_stream_id finish, then the connection closes.
-                self.goaway_sent = True
-                self._close_if_idle()
+            # Most frequent first: match tries the cases in order.
+            match event:
+                case DataReceived():
+                    stream = streams.get(event.stream_id)
+                    if stream is not None:
+                        stream.from_client(event.data, event.flow_controlled_length)
+                    else:  # a stream we already ended: keep the connection window open
+                        self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                case RequestReceived():
+                    self.listener.request(self, event.stream_id, event.headers, event.stream_ended)
+                case StreamEnded():
+                    stream = streams.get(event.stream_id)
+                    if stream is not None:
+                        stream.client_ended()
+                case WindowUpdated():
+                    self._window_opened(event.stream_id)
+                case StreamReset():
+                    stream = streams.get(event.stream_id)
+                    if stream is not None:
+                        stream.client_reset(event.error_code)
+                case TrailersReceived():
+                    stream = streams.get(event.stream_id)
+                    if stream is not None:
+                        stream.client_ended(event.headers)
+                case RemoteSettingsChanged():
+                    self._window_opened(0)
+                case ConnectionTerminated():
+                    # The client will open no more streams; those below its
+                    # last_stream_id finish, then the connection closes.
+                    self.goaway_sent = True
+                    self._close_if_idle()
         self.mark()
 
     def _check_preface(self, data: bytes) -> bytes:

@@ -133,36 +133,36 @@ class UpstreamConnection(asyncio.Protocol):
             return
         streams = self.streams
         for event in events:
-            kind = type(event)
-            if kind is DataReceived:
-                stream = streams.get(event.stream_id)
-                if stream is not None:
-                    stream.from_upstream(event.data, event.flow_controlled_length)
-                else:
-                    self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            elif kind is ResponseReceived:
-                stream = streams.get(event.stream_id)
-                if stream is not None:
-                    stream.response_headers(event.headers, event.stream_ended)
-            elif kind is TrailersReceived:
-                stream = streams.get(event.stream_id)
-                if stream is not None:
-                    stream.upstream_ended(event.headers)
-            elif kind is StreamEnded:
-                stream = streams.get(event.stream_id)
-                if stream is not None and not stream.done and stream.down_end is False:
-                    stream.upstream_ended(None)
-            elif kind is WindowUpdated:
-                self._window_opened(event.stream_id)
-            elif kind is StreamReset:
-                stream = streams.get(event.stream_id)
-                if stream is not None:
-                    stream.upstream_reset(event.error_code)
-            elif kind is RemoteSettingsChanged:
-                self._window_opened(0)
-                self.start_waiting()
-            elif kind is ConnectionTerminated:
-                self._goaway_received(event.last_stream_id, event.error_code)
+            match event:
+                case DataReceived():
+                    stream = streams.get(event.stream_id)
+                    if stream is not None:
+                        stream.from_upstream(event.data, event.flow_controlled_length)
+                    else:
+                        self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                case ResponseReceived():
+                    stream = streams.get(event.stream_id)
+                    if stream is not None:
+                        stream.response_headers(event.headers, event.stream_ended)
+                case TrailersReceived():
+                    stream = streams.get(event.stream_id)
+                    if stream is not None:
+                        stream.upstream_ended(event.headers)
+                case StreamEnded():
+                    stream = streams.get(event.stream_id)
+                    if stream is not None and not stream.done and stream.down_end is False:
+                        stream.upstream_ended(None)
+                case WindowUpdated():
+                    self._window_opened(event.stream_id)
+                case StreamReset():
+                    stream = streams.get(event.stream_id)
+                    if stream is not None:
+                        stream.upstream_reset(event.error_code)
+                case RemoteSettingsChanged():
+                    self._window_opened(0)
+                    self.start_waiting()
+                case ConnectionTerminated():
+                    self._goaway_received(event.last_stream_id, event.error_code)
         self.mark()
 
     def _window_opened(self, stream_id: int) -> None:

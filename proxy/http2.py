@@ -82,22 +82,26 @@ class StreamClosedError(Http2Error):
 # -- events (attribute names follow h2's, so callers read the same) --------------
 
 
-class RequestReceived:
+class _HeadersEvent:
     __slots__ = ("headers", "stream_ended", "stream_id")
 
     def __init__(self, stream_id: int, headers: list[tuple[bytes, bytes]], stream_ended: bool) -> None:
         self.stream_id, self.headers, self.stream_ended = stream_id, headers, stream_ended
 
 
-class ResponseReceived(RequestReceived):
+class RequestReceived(_HeadersEvent):
     __slots__ = ()
 
 
-class InformationalResponseReceived(RequestReceived):
+class ResponseReceived(_HeadersEvent):
     __slots__ = ()
 
 
-class TrailersReceived(RequestReceived):
+class InformationalResponseReceived(_HeadersEvent):
+    __slots__ = ()
+
+
+class TrailersReceived(_HeadersEvent):
     __slots__ = ()
 
 
@@ -138,6 +142,20 @@ class ConnectionTerminated:
 
     def __init__(self, error_code: int, last_stream_id: int, additional_data: bytes) -> None:
         self.error_code, self.last_stream_id, self.additional_data = error_code, last_stream_id, additional_data
+
+
+Event = (
+    RequestReceived
+    | ResponseReceived
+    | InformationalResponseReceived
+    | TrailersReceived
+    | DataReceived
+    | StreamEnded
+    | StreamReset
+    | WindowUpdated
+    | RemoteSettingsChanged
+    | ConnectionTerminated
+)
 
 
 class RemoteSettings:
@@ -233,7 +251,7 @@ class Connection:
 
     # -- receiving -----------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> list[object]:
+    def receive_data(self, data: bytes) -> list[Event]:
         buf = self._inbuf + data if self._inbuf else data
         if self._preface_pending:
             if len(buf) < 24:
@@ -245,7 +263,7 @@ class Connection:
                 raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "invalid connection preface")
             buf = buf[24:]
             self._preface_pending = False
-        events: list[object] = []
+        events: list[Event] = []
         pos = 0
         end = len(buf)
         limit = DEFAULT_MAX_FRAME  # we never raise SETTINGS_MAX_FRAME_SIZE
@@ -309,7 +327,7 @@ class Connection:
         self._inbuf = buf[pos:] if pos < end else b""
         return events
 
-    def _on_data(self, flags: int, stream_id: int, payload: bytes, events: list[object]) -> None:
+    def _on_data(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
         if not stream_id:
             raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "DATA on stream 0")
         flow = len(payload)
@@ -340,7 +358,7 @@ class Connection:
             if stream.local_closed:
                 del self.streams[stream_id]
 
-    def _on_headers(self, flags: int, stream_id: int, payload: bytes, events: list[object]) -> None:
+    def _on_headers(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
         if not stream_id:
             raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "HEADERS on stream 0")
         if flags & PADDED:
@@ -356,7 +374,7 @@ class Connection:
             self._cont_flags = flags
             self._cont_block = payload
 
-    def _header_block(self, flags: int, stream_id: int, block: bytes, events: list[object]) -> None:
+    def _header_block(self, flags: int, stream_id: int, block: bytes, events: list[Event]) -> None:
         # Decode even a block we will ignore: the HPACK table must stay in step.
         try:
             headers = self._decoder.decode(block)
@@ -411,7 +429,7 @@ class Connection:
             if stream.local_closed:
                 self._forget(stream_id)
 
-    def _on_window_update(self, stream_id: int, payload: bytes, events: list[object]) -> None:
+    def _on_window_update(self, stream_id: int, payload: bytes, events: list[Event]) -> None:
         if len(payload) != 4:
             raise ProtocolError(ErrorCode.FRAME_SIZE_ERROR, "WINDOW_UPDATE payload must be 4 bytes")
         increment = int.from_bytes(payload, "big") & 0x7FFFFFFF
@@ -437,7 +455,7 @@ class Connection:
             return
         events.append(WindowUpdated(stream_id))
 
-    def _on_rst(self, stream_id: int, payload: bytes, events: list[object]) -> None:
+    def _on_rst(self, stream_id: int, payload: bytes, events: list[Event]) -> None:
         if not stream_id:
             raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "RST_STREAM on stream 0")
         if len(payload) != 4:
@@ -448,7 +466,7 @@ class Connection:
             self._forget(stream_id)
             events.append(StreamReset(stream_id, int.from_bytes(payload, "big")))
 
-    def _on_settings(self, flags: int, stream_id: int, payload: bytes, events: list[object]) -> None:
+    def _on_settings(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
         if stream_id:
             raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "SETTINGS on a stream")
         if flags & ACK:
@@ -493,7 +511,7 @@ class Connection:
             return stream_id >= self._next_stream_id
         return stream_id > self.highest_inbound_stream_id
 
-    def _reset(self, stream_id: int, code: ErrorCode, events: list[object]) -> None:
+    def _reset(self, stream_id: int, code: ErrorCode, events: list[Event]) -> None:
         self._out.append(_frame(RST_STREAM, 0, stream_id, int(code).to_bytes(4, "big")))
         if stream_id in self.streams:
             self._forget(stream_id)
