@@ -211,9 +211,10 @@ def _parse_listener(item: Any, path: str, default_drain: float) -> ListenerConfi
             raise ConfigError(f"{path}.handshake_timeout", "must be greater than zero")
     if "max_header_bytes" in data and protocol == "tcp":
         raise ConfigError(f"{path}.max_header_bytes", "only for protocol websocket or grpc (this listener is tcp)")
-    for key in ("max_header_bytes", "max_header_fields"):
-        if key in data:
-            kwargs[key] = positive_int(data[key], f"{path}.{key}")
+    if "max_header_bytes" in data:
+        kwargs["max_header_bytes"] = parse_size(data["max_header_bytes"], f"{path}.max_header_bytes")
+    if "max_header_fields" in data:
+        kwargs["max_header_fields"] = positive_int(data["max_header_fields"], f"{path}.max_header_fields")
     kwargs.update(_grpc_options(data, protocol, path))
     if "health_check" in data:
         kwargs["health_check"] = parse_health_check(data["health_check"], protocol, f"{path}.health_check")

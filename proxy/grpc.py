@@ -16,6 +16,7 @@ in ``grpcstream``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -26,9 +27,10 @@ from balancer.pool import BackendPool, PoolChange
 from evenflow.config import ListenerConfig
 from proxy.grpchealth import LocalHealthStream
 from proxy.grpcstream import ProxiedStream
-from proxy.grpcwire import HEALTH_CHECK_PATH, Headers, Status, parse_timeout
+from proxy.grpcwire import HEALTH_CHECK_PATH, Headers, Status, parse_timeout, trailers_only
 from proxy.h2front import FrontConnection
 from proxy.h2upstream import UpstreamConnection, UpstreamPool
+from proxy.http2 import ErrorCode, Http2Error
 from proxy.listener import TcpListener, _peer, client_ip
 from proxy.stats import BackendStats
 
@@ -165,6 +167,19 @@ class GrpcListener(TcpListener):
             stream.deadline = self.loop.call_later(timeout, stream.deadline_passed)
         stream.place()
 
+    def headers_too_large(self, front: FrontConnection, sid: int, message: str, ended: bool) -> None:
+        """A call whose metadata exceeds ``max_header_bytes``: refused alone,
+        as a gRPC server would, and the connection's other calls go on."""
+        self.local_reply(Status.RESOURCE_EXHAUSTED)
+        conn = front.conn
+        with contextlib.suppress(Http2Error):
+            conn.send_headers(
+                sid, trailers_only(Status.RESOURCE_EXHAUSTED, f"request metadata too large: {message}"), end_stream=True
+            )
+            if not ended:
+                conn.reset_stream(sid, ErrorCode.NO_ERROR)
+        front.mark()
+
     def pick_context_for(self, stream: ProxiedStream) -> PickContext:
         ip = client_ip(stream.front)  # type: ignore[arg-type]
         key = ip
@@ -205,6 +220,7 @@ class GrpcListener(TcpListener):
             up.connect_failed(why)
             return
         stats.connect_seconds.observe(self.loop.time() - t0)
+        self.loop.call_later(self.connect_timeout, up.settings_overdue)
 
     def stream_released(self, backend: Backend) -> None:
         """A stream left ``backend`` before it finished (it will be retried)."""

@@ -39,6 +39,10 @@ access_log = logging.getLogger("evenflow.access")
 # stream the backend refused can start again elsewhere. Unary requests fit;
 # past this a stream is no longer retried (the backend may have seen it).
 REPLAY_LIMIT = 64 * 1024
+# A call refused by a busy backend is queued on it again this many times at
+# most before it moves to another backend: enough to ride out a stream limit
+# learned late, bounded so a backend refusing everything cannot loop a call.
+MAX_SAME_BACKEND_REFUSALS = 5
 _NO_ERROR = ErrorCode.NO_ERROR
 _CANCEL = ErrorCode.CANCEL
 _REFUSED = ErrorCode.REFUSED_STREAM
@@ -55,6 +59,7 @@ class ProxiedStream:
         "headers",
         "listener",
         "path",
+        "refusals",
         "replay",
         "replay_size",
         "response_started",
@@ -81,6 +86,7 @@ class ProxiedStream:
         self.up: UpstreamConnection | None = None
         self.usid = 0
         self.tried: list[Backend] = []
+        self.refusals = 0
         # Client -> backend: (bytes, already acknowledged to the client?)
         self.up_queue: deque[tuple[bytes, bool]] = deque()
         self.up_end = False  # the client finished its request
@@ -132,22 +138,27 @@ class ProxiedStream:
         if self.up_queue or (self.up_end and not end):
             self.pump_up()
 
-    def retry(self) -> None:
+    def retry(self, same_backend: bool = False) -> None:
         """The backend did not take the stream (refused, GOAWAY before it, its
-        connection failed): start it again elsewhere, from the replay copy."""
+        connection failed): start it again from the replay copy, elsewhere,
+        or (``same_backend``) on another of its connections."""
         replay = self.replay
         assert replay is not None
         self._detach_upstream()
-        if self.backend is not None:
-            self.tried.append(self.backend)
-            self.listener.stream_released(self.backend)
-            self.backend = None
         self.listener.stats_retry()
         for chunk in reversed(replay):
             self.up_queue.appendleft((chunk, True))
         self.replay = []
         self.replay_size = 0
         self.up_end_sent = False
+        backend = self.backend
+        if same_backend and backend is not None:
+            self.listener.upstream_pool(backend).assign(self)
+            return
+        if backend is not None:
+            self.tried.append(backend)
+            self.listener.stream_released(backend)
+            self.backend = None
         self.place()
 
     def _detach_upstream(self) -> None:
@@ -328,7 +339,19 @@ class ProxiedStream:
         if self.done:
             return
         if code == _REFUSED and self.retryable:
-            self.retry()
+            up = self.up
+            others = len(up.streams) - 1 if up is not None else 0
+            self.refusals += 1
+            if others > 0 and self.refusals <= MAX_SAME_BACKEND_REFUSALS:
+                # Refused beside calls it is serving: a stream limit (one it
+                # enforces before its SETTINGS say so, or counts closed
+                # streams against for a while). Hold this connection to what
+                # it carries now and queue the call on the same backend.
+                assert up is not None
+                up.limit_hint = others
+                self.retry(same_backend=True)
+            else:  # refused with nothing else open: it takes nothing now
+                self.retry()
             return
         # The reset goes on to the client with the same code: CANCEL stays a
         # cancellation, anything else reaches the client as the backend said.

@@ -20,6 +20,7 @@ from proxy.http2 import (
     ConnectionTerminated,
     DataReceived,
     ErrorCode,
+    HeadersTooLarge,
     Http2Error,
     ProtocolError,
     RemoteSettingsChanged,
@@ -100,14 +101,8 @@ class FrontConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)  # type: ignore[attr-defined]
         listener = self.listener
         listener.accepted(self)  # type: ignore[arg-type]
-        if self.finished:
-            return
-        conn = self.conn
-        conn.initiate_connection()
-        # The connection window starts at 64 KiB and only WINDOW_UPDATE can
-        # raise it; sized so every stream can fill its own window at once.
-        conn.increment_flow_control_window(listener.connection_window - 65535)
-        self.mark()
+        # Our SETTINGS wait for the client's preface: a client that turns out
+        # to speak HTTP/1 must get its 505 as the first bytes it reads.
 
     def data_received(self, data: bytes) -> None:
         self.bytes_up += len(data)
@@ -132,6 +127,8 @@ class FrontConnection(asyncio.Protocol):
                         self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 case RequestReceived():
                     self.listener.request(self, event.stream_id, event.headers, event.stream_ended)
+                case HeadersTooLarge():
+                    self.listener.headers_too_large(self, event.stream_id, event.message, event.stream_ended)
                 case StreamEnded():
                     stream = streams.get(event.stream_id)
                     if stream is not None:
@@ -166,6 +163,12 @@ class FrontConnection(asyncio.Protocol):
             self.preface = seen
             return b""
         self.preface = None
+        conn = self.conn
+        conn.initiate_connection()
+        # The connection window starts at 64 KiB and only WINDOW_UPDATE can
+        # raise it; sized so every stream can fill its own window at once.
+        conn.increment_flow_control_window(self.listener.connection_window - 65535)
+        self.mark()
         return seen
 
     def _not_http2(self, head: bytes) -> None:

@@ -53,6 +53,7 @@ class UpstreamConnection(asyncio.Protocol):
         "connected_at",
         "dirty",
         "goaway",
+        "limit_hint",
         "lost",
         "paused",
         "pool",
@@ -85,6 +86,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.paused = False
         self.dirty = False
         self.connected_at = 0.0
+        # A lower stream limit learned from REFUSED_STREAM than SETTINGS gave.
+        self.limit_hint: int | None = None
 
     @property
     def load(self) -> int:
@@ -93,8 +96,11 @@ class UpstreamConnection(asyncio.Protocol):
     @property
     def capacity(self) -> int:
         """Streams this connection may carry at once."""
-        theirs = self.conn.remote_settings.max_concurrent_streams if self.ready else self.pool.listener.max_concurrent_streams
-        return min(theirs, self.pool.listener.max_concurrent_streams)
+        ours = self.pool.listener.max_concurrent_streams
+        theirs = self.conn.remote_settings.max_concurrent_streams if self.ready else ours
+        if self.limit_hint is not None:
+            theirs = min(theirs, self.limit_hint)
+        return min(theirs, ours)
 
     @property
     def usable(self) -> bool:
@@ -109,10 +115,11 @@ class UpstreamConnection(asyncio.Protocol):
         conn = self.conn
         conn.initiate_connection()
         conn.increment_flow_control_window(listener.connection_window - 65535)
-        self.ready = True
         self.connected_at = listener.loop.time()
         self.mark()
-        self.start_waiting()
+        # Streams wait for the backend's SETTINGS: until then its stream
+        # limit is unknown, and a backend that resets the excess (grpcio does,
+        # with ENHANCE_YOUR_CALM) would fail calls it could have queued.
 
     def start_waiting(self) -> None:
         waiting = self.waiting
@@ -120,6 +127,22 @@ class UpstreamConnection(asyncio.Protocol):
             stream = waiting.popleft()
             if not stream.done:
                 stream.attach(self)
+        if waiting and self.ready and not self.streams_room_soon():
+            # More waited here than the backend's SETTINGS allow: spread the
+            # excess over other (or new) connections to the same backend.
+            excess = list(waiting)
+            waiting.clear()
+            for stream in excess:
+                self.pool.reassign(stream)
+
+    def streams_room_soon(self) -> bool:
+        """Would the waiting streams fit once the open ones end? (Then they stay.)"""
+        return len(self.pool.conns) >= self.pool.listener.max_upstream_connections
+
+    def settings_overdue(self) -> None:
+        """The backend accepted the connection but never spoke HTTP/2."""
+        if not self.ready and not self.lost:
+            self._fail(True, "backend sent no HTTP/2 SETTINGS within connect_timeout")
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -159,6 +182,8 @@ class UpstreamConnection(asyncio.Protocol):
                     if stream is not None:
                         stream.upstream_reset(event.error_code)
                 case RemoteSettingsChanged():
+                    self.ready = True
+                    self.limit_hint = None  # the backend has spoken again
                     self._window_opened(0)
                     self.start_waiting()
                 case ConnectionTerminated():

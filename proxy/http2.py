@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from enum import IntEnum
 
-from proxy.hpack import Decoder, HpackError, encode
+from proxy.hpack import Decoder, HeaderListTooLargeError, HpackError, encode
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -105,6 +105,19 @@ class TrailersReceived(_HeadersEvent):
     __slots__ = ()
 
 
+class HeadersTooLarge:
+    """A new request whose header list exceeded our SETTINGS_MAX_HEADER_LIST_SIZE.
+
+    The stream is open so the application can answer it (a gRPC status, a
+    431); the connection is fine: the HPACK table stayed in step.
+    """
+
+    __slots__ = ("message", "stream_ended", "stream_id")
+
+    def __init__(self, stream_id: int, message: str, stream_ended: bool) -> None:
+        self.stream_id, self.message, self.stream_ended = stream_id, message, stream_ended
+
+
 class DataReceived:
     __slots__ = ("data", "flow_controlled_length", "stream_id")
 
@@ -149,6 +162,7 @@ Event = (
     | ResponseReceived
     | InformationalResponseReceived
     | TrailersReceived
+    | HeadersTooLarge
     | DataReceived
     | StreamEnded
     | StreamReset
@@ -376,8 +390,12 @@ class Connection:
 
     def _header_block(self, flags: int, stream_id: int, block: bytes, events: list[Event]) -> None:
         # Decode even a block we will ignore: the HPACK table must stay in step.
+        too_large = ""
         try:
             headers = self._decoder.decode(block)
+        except HeaderListTooLargeError as exc:
+            # Decoded in full, table in step: a stream error, not a connection one.
+            headers, too_large = [], str(exc)
         except HpackError as exc:
             raise ProtocolError(ErrorCode.COMPRESSION_ERROR, f"bad header block: {exc}") from None
         ended = bool(flags & END_STREAM)
@@ -393,7 +411,7 @@ class Connection:
             if self._open_inbound >= self.local_max_concurrent_streams:
                 self._out.append(_frame(RST_STREAM, 0, stream_id, int(ErrorCode.REFUSED_STREAM).to_bytes(4, "big")))
                 return
-            problem = _request_problem(headers)
+            problem = None if too_large else _request_problem(headers)
             if problem is not None:
                 self._out.append(_frame(RST_STREAM, 0, stream_id, int(ErrorCode.PROTOCOL_ERROR).to_bytes(4, "big")))
                 self.last_rejection = problem
@@ -403,12 +421,18 @@ class Connection:
             self.streams[stream_id] = stream
             self._open_inbound += 1
             stream.remote_closed = ended
+            if too_large:
+                events.append(HeadersTooLarge(stream_id, too_large, ended))
+                return
             events.append(RequestReceived(stream_id, headers, ended))
             if ended:
                 events.append(StreamEnded(stream_id))
             return
         if stream.remote_closed:
             self._reset(stream_id, ErrorCode.STREAM_CLOSED, events)
+            return
+        if too_large:  # a response head or trailers past our limit
+            self._reset(stream_id, ErrorCode.PROTOCOL_ERROR, events)
             return
         if self.client_side and not stream.response:
             status = headers[0][1] if headers and headers[0][0] == b":status" else b""

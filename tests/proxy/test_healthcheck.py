@@ -1,0 +1,57 @@
+"""Active TCP health checks end to end, and failing open when every backend
+is unhealthy. (The gRPC check is tested with real gRPC servers in
+``test_grpc_lifecycle``.)"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.peers import HOST, ProxyProcess, free_port, start_backends, tcp_listener, wait_for
+
+FAST = {"interval": "200ms", "timeout": "150ms", "healthy_threshold": 2, "unhealthy_threshold": 2}
+
+
+async def _health(p: ProxyProcess) -> dict[str, tuple[str, str]]:
+    doc = await p.backends()
+    return {b["address"]: (b["health"], b.get("health_reason", "")) for b in doc["listeners"][0]["backends"]}
+
+
+@pytest.mark.timeout(60)
+async def test_tcp_health_check_and_fail_open_when_every_backend_is_down(proxy: Callable[..., ProxyProcess]) -> None:
+    backends = await start_backends(2)
+    port = free_port()
+    listener = tcp_listener(port, [b.address for b in backends], health_check={"type": "tcp", **FAST})
+    p = proxy({"listeners": [listener]})
+    dead, alive = backends
+    await dead.stop()
+
+    async def dead_out() -> bool:
+        health, reason = (await _health(p))[dead.address]
+        return health == "unhealthy" and "tcp check" in reason
+
+    await wait_for(dead_out, timeout=10)
+    before = alive.total
+    for _ in range(10):
+        reader, writer = await asyncio.open_connection(HOST, port)
+        writer.write(b"ping")
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == b"ping"
+        writer.close()
+    assert alive.total == before + 10
+    # Only the probes ever tried the dead one: no client connect failed on it.
+    assert not [e for e in p.log_events() if e.get("msg") == "connect failed" and e.get("backend") == dead.address]
+    await alive.stop()
+
+    async def both_out() -> bool:
+        return all(h == "unhealthy" for h, _ in (await _health(p)).values())
+
+    await wait_for(both_out, timeout=10)
+    doc: dict[str, Any] = await p.backends()
+    # Fail open: with every backend unhealthy, they stay eligible rather than
+    # every client being refused for want of a "healthy" one.
+    assert len(doc["listeners"][0]["backends"]) == 2
+    status, body = await p.aget("/readyz")
+    assert status == 200 and b"no ready backends" not in body
