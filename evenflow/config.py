@@ -16,8 +16,10 @@ import yaml
 
 from balancer.endpoint import Endpoint
 from balancer.policies import DEFAULT_AFFINITY_TIMEOUT, DEFAULT_HASH_BALANCE_FACTOR
+from balancer.rebalance import RebalanceConfig
 from balancer.registry import POLICIES
 from evenflow.checks import HealthCheckConfig, parse_health_check
+from evenflow.rebalancing import parse_rebalance
 from evenflow.sources import BackendsConfig, StaticBackends, parse_backends, parse_shorthand
 from evenflow.values import (
     NAME_RE,
@@ -86,6 +88,8 @@ class ListenerConfig:
     stream_window: int = DEFAULT_STREAM_WINDOW
     serve_health: bool = False
     health_check: HealthCheckConfig | None = None
+    #: None: rebalancing off (only a ``rebalance:`` block turns it on)
+    rebalance: RebalanceConfig | None = None
     # websocket listeners only (max_header_bytes: grpc too)
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
@@ -150,6 +154,7 @@ _LISTENER_KEYS = (
     "stream_window",
     "serve_health",
     "health_check",
+    "rebalance",
 )
 _WEBSOCKET_ONLY = ("handshake_timeout", "max_header_fields", "close_rate")
 _GRPC_ONLY = ("max_concurrent_streams", "max_upstream_connections", "max_message_size", "stream_window", "serve_health")
@@ -218,6 +223,8 @@ def _parse_listener(item: Any, path: str, default_drain: float) -> ListenerConfi
     kwargs.update(_grpc_options(data, protocol, path))
     if "health_check" in data:
         kwargs["health_check"] = parse_health_check(data["health_check"], protocol, f"{path}.health_check")
+    if "rebalance" in data:
+        kwargs["rebalance"] = parse_rebalance(data["rebalance"], protocol, f"{path}.rebalance")
     if "close_rate" in data:
         rate = data["close_rate"]
         if isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0:

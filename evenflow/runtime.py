@@ -142,6 +142,10 @@ class Runtime:
             from proxy.healthcheck import HealthChecker
 
             self._tasks.append(self.loop.create_task(HealthChecker(listener, lc.health_check, self._rng).run()))
+        if lc.rebalance is not None:
+            from proxy.rebalancing import RebalanceTask
+
+            self._tasks.append(self.loop.create_task(RebalanceTask(listener, lc.rebalance, self._rng).run()))
         return listener
 
     async def _follow(self, listener: TcpListener, source: Discovery) -> None:

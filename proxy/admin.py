@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from balancer.rebalance import coefficient_of_variation, imbalance
 from proxy.metrics import ProxyCollector, make_registry
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ def backends_view(listeners: Sequence[TcpListener]) -> dict[str, Any]:
                 "listen": listener.address,
                 "connections": listener.active,
                 "discovery": discovery_view(listener),
+                "balance": balance_view(listener),
                 "backends": [
                     {
                         "address": backend.address,
@@ -55,6 +57,18 @@ def backends_view(listeners: Sequence[TcpListener]) -> dict[str, Any]:
             }
             for listener in listeners
         ]
+    }
+
+
+def balance_view(listener: TcpListener) -> dict[str, Any]:
+    loads = listener.weighted_loads()
+    rebalance = listener.config.rebalance
+    return {
+        "imbalance_ratio": round(imbalance(loads), 4),
+        "cv": round(coefficient_of_variation(loads), 4),
+        "rebalance": None
+        if rebalance is None
+        else {"tolerance": rebalance.tolerance, "moves": sum(listener.stats.rebalance_moves.values())},
     }
 
 

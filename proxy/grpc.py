@@ -24,6 +24,7 @@ from balancer.backend import Backend
 from balancer.endpoint import EndpointSet
 from balancer.policies import PickContext
 from balancer.pool import BackendPool, PoolChange
+from balancer.rebalance import Movable, RebalanceConfig
 from evenflow.config import ListenerConfig
 from proxy.grpchealth import LocalHealthStream
 from proxy.grpcstream import ProxiedStream
@@ -35,6 +36,10 @@ from proxy.listener import TcpListener, _peer, client_ip
 from proxy.stats import BackendStats
 
 log = logging.getLogger("evenflow.grpc")
+
+# A call must have lasted this long to be moved when rebalancing: streams
+# that carry load for minutes, not unary calls caught in flight.
+MIN_MOVE_AGE = 5.0
 access_log = logging.getLogger("evenflow.access")
 
 
@@ -256,6 +261,27 @@ class GrpcListener(TcpListener):
 
     def stats_retry(self) -> None:
         self.grpc.retries += 1
+
+    # -- rebalancing -----------------------------------------------------------------
+
+    def rebalance_view(self, now: float, config: RebalanceConfig) -> tuple[list[Movable], dict[str, int]]:
+        # Only long-lived calls: a unary call ends by itself in moments, and
+        # failing it would cost a client an error for nothing.
+        movables = [
+            Movable(stream, stream.backend.address, stream.started)
+            for stream in self.live_streams
+            if stream.backend is not None and not stream.done and now - stream.started >= MIN_MOVE_AGE
+        ]
+        return movables, {}
+
+    def move(self, handle: object) -> bool:
+        stream = handle
+        if not isinstance(stream, ProxiedStream) or stream.done:
+            return False
+        # UNAVAILABLE is the status gRPC clients retry (and reconnecting
+        # streams re-open), and the new call is placed on a lighter backend.
+        stream.fail(Status.UNAVAILABLE, f"listener {self.name}: call moved to rebalance load; retry")
+        return True
 
     # -- views -------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from balancer.backend import Backend
 from balancer.endpoint import EndpointSet
 from balancer.policies import NO_CONTEXT, PickContext
 from balancer.pool import BackendPool, PoolChange
+from balancer.rebalance import Movable, RebalanceConfig
 from discovery.base import Discovery
 from evenflow.config import ListenerConfig
 from proxy.relay import ClientSide
@@ -334,6 +335,41 @@ class TcpListener:
 
     def backends(self) -> Iterable[Backend]:
         return self.pool
+
+    # -- rebalancing (proxy.rebalancing calls these once a tick) ---------------
+
+    def rebalance_view(self, now: float, config: RebalanceConfig) -> tuple[list[Movable], dict[str, int]]:
+        """The connections that may be moved, and per backend how many are
+        already leaving. Raw TCP moves only with ``tcp: close_idle``, and only
+        connections that moved no byte for ``idle_for``: closing a busy
+        database session is not graceful."""
+        movables: list[Movable] = []
+        if config.tcp != "close_idle":
+            return movables, {}
+        for conn in self.connections:
+            backend = conn.backend
+            if backend is None or conn.finished:
+                continue
+            seen = conn.bytes_up + conn.bytes_down
+            if seen != conn.idle_seen:
+                conn.idle_seen = seen
+                conn.idle_since = now
+            elif now - conn.idle_since >= config.idle_for:
+                movables.append(Movable(conn, backend.address, conn.connected_at, idle=True))
+        return movables, {}
+
+    def move(self, handle: object) -> bool:
+        """End one connection the rebalancer chose; False if it already ended."""
+        conn = handle
+        assert isinstance(conn, ClientSide)
+        if conn.finished or conn.backend is None:
+            return False
+        conn.close("rebalance", abort=False)  # a FIN: the client sees a clean end
+        return True
+
+    def weighted_loads(self) -> list[float]:
+        """Active load over weight of each ready backend: what balance means."""
+        return [b.active / b.endpoint.weight for b in self.pool.eligible]
 
     def backend_extras(self, backend: Backend) -> dict[str, object]:
         """Protocol-specific fields of a backend in ``/backends``."""

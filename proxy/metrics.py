@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from balancer.rebalance import coefficient_of_variation, imbalance
 from proxy.stats import Histogram
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ class ProxyCollector(Collector):
         yield from _discovery_families(listeners)
         yield from _http_families(listeners)
         yield from _grpc_families(listeners)
+        yield from _balance_families(listeners)
         draining = GaugeMetricFamily("evenflow_draining", "1 while the process is shutting down.")
         draining.add_metric([], 1 if self._draining() else 0)
         yield draining
@@ -176,6 +178,25 @@ def _grpc_families(listeners: Sequence[TcpListener]) -> Iterator[Metric]:
         for backend in listener.backends():
             conns.add_metric([listener.name, backend.address], listener.upstream_connections(backend.address))  # type: ignore[attr-defined]
     yield from (calls, retries, local, conns)
+
+
+def _balance_families(listeners: Sequence[TcpListener]) -> Iterator[Metric]:
+    ratio = GaugeMetricFamily(
+        "evenflow_imbalance_ratio", "max/mean of weighted active load over ready backends (1 = even).", labels=["listener"]
+    )
+    cv = GaugeMetricFamily(
+        "evenflow_imbalance_cv", "Coefficient of variation of weighted active load over ready backends.", labels=["listener"]
+    )
+    moves = CounterMetricFamily(
+        "evenflow_rebalance_moves", "Connections (or gRPC calls) the rebalancer moved off a backend.", labels=_BACKEND
+    )
+    for listener in listeners:
+        loads = listener.weighted_loads()
+        ratio.add_metric([listener.name], imbalance(loads))
+        cv.add_metric([listener.name], coefficient_of_variation(loads))
+        for address, n in sorted(listener.stats.rebalance_moves.items()):
+            moves.add_metric([listener.name, address], n)
+    yield from (ratio, cv, moves)
 
 
 def _add_histogram(family: HistogramMetricFamily, labels: list[str], hist: Histogram) -> None:

@@ -70,6 +70,7 @@ class ListenerStats:
         "endpoints_drained",
         "endpoints_removed",
         "http_errors",
+        "rebalance_moves",
         "refused",
         "spliced",
         "upgrades",
@@ -89,6 +90,8 @@ class ListenerStats:
         self.spliced = 0  # connections moved to kernel splicing
         # reason -> count; reasons: max_connections, no_backends, backends_failed, draining
         self.refused: dict[str, int] = {}
+        # backend address -> connections (calls) the rebalancer moved off it
+        self.rebalance_moves: dict[str, int] = {}
 
     def refuse(self, reason: str) -> None:
         self.refused[reason] = self.refused.get(reason, 0) + 1

@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl
 
 from balancer.backend import Backend
 from balancer.policies import PickContext
+from balancer.rebalance import Movable, RebalanceConfig
 from proxy import http1, wsframe
 from proxy.listener import TcpListener, client_ip
 from proxy.relay import ClientSide, UpstreamSide
@@ -219,6 +220,28 @@ class WebSocketListener(TcpListener):
         self.routes: list[tuple[bytes | None, bytes, WebSocketListener]] = []
 
     # -- hooks ------------------------------------------------------------------
+
+    def rebalance_view(self, now: float, config: RebalanceConfig) -> tuple[list[Movable], dict[str, int]]:
+        movables: list[Movable] = []
+        leaving: dict[str, int] = {}
+        for conn in self.connections:
+            backend = conn.backend
+            if backend is None or conn.finished or not isinstance(conn, WsClientSide) or not conn.upgraded:
+                continue  # plain HTTP requests and handshakes are short: never moved
+            if conn.closing:
+                leaving[backend.address] = leaving.get(backend.address, 0) + 1
+            else:
+                movables.append(Movable(conn, backend.address, conn.connected_at))
+        return movables, leaving
+
+    def move(self, handle: object) -> bool:
+        conn = handle
+        if not isinstance(conn, WsClientSide) or conn.finished or conn.closing or not conn.upgraded:
+            return False
+        # 1012 "service restart": browsers and client libraries reconnect, and
+        # the reconnect is placed on the least-loaded backend.
+        conn.graceful_close(CLOSE_SERVICE_RESTART, "rebalance")
+        return True
 
     def new_client(self) -> ClientSide:
         return WsClientSide(self)

@@ -1,0 +1,145 @@
+"""Rebalancing live connections after a scale-up, by the backends' own counts:
+WebSockets get 1012 and reconnect, idle TCP connections are closed only when
+allowed, and nothing moves once the load is within tolerance."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from websockets.asyncio.client import connect
+
+from balancer.endpoint import Endpoint
+from balancer.rebalance import imbalance
+from discovery.memory import MemoryDiscovery
+from evenflow.config import parse_config
+from evenflow.runtime import Runtime
+from tests.peers import HOST, free_port, start_backends, tcp_listener, wait_for
+from tests.proxy.test_websocket import ws_backends, ws_listener
+
+FAST = {"tolerance": 1.10, "delay": "200ms", "max_moves_per_second": 200, "max_fraction": 1.0}
+
+
+async def _runtime(listener: dict[str, Any], source: MemoryDiscovery) -> Runtime:
+    config = parse_config({"admin": {"listen": f"{HOST}:{free_port()}"}, "listeners": [listener]})
+    runtime = Runtime(config, discoveries={listener["name"]: source})
+    await runtime.start()
+    return runtime
+
+
+async def test_websockets_move_after_a_scale_up_and_stop_within_tolerance() -> None:
+    async with ws_backends(4) as servers:
+        port = free_port()
+        source = MemoryDiscovery(Endpoint(HOST, s.port) for s in servers[:2])
+        runtime = await _runtime(ws_listener(port, [], rebalance=FAST), source)
+        closes: list[int] = []
+        stop = asyncio.Event()
+
+        async def client() -> None:
+            # Reconnects after a 1012, as browsers' and libraries' clients do.
+            while not stop.is_set():
+                async with connect(f"ws://{HOST}:{port}/", compression=None) as ws:
+                    try:
+                        await ws.wait_closed()
+                    finally:
+                        if ws.close_code is not None and not stop.is_set():
+                            closes.append(ws.close_code)
+
+        tasks = [asyncio.create_task(client()) for _ in range(40)]
+        try:
+            await wait_for(lambda: [s.active for s in servers] == [20, 20, 0, 0], timeout=10)
+            source.set([Endpoint(HOST, s.port) for s in servers])  # scale 2 -> 4
+            await wait_for(
+                lambda: imbalance([s.active for s in servers]) <= 1.10 and sum(s.active for s in servers) == 40, timeout=15
+            )
+            moves = sum(runtime.listeners[0].stats.rebalance_moves.values())
+            # 20/20/0/0 -> at most 11 each: 9 leave each old backend; the
+            # picks send every reconnect to the emptiest, so 18 suffice.
+            assert 18 <= moves <= 20
+            assert closes.count(1012) == moves and set(closes) == {1012}
+            await asyncio.sleep(2.5)  # two more ticks: nothing else moves
+            assert sum(runtime.listeners[0].stats.rebalance_moves.values()) == moves
+        finally:
+            stop.set()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await runtime.drain(1)
+            await runtime.stop()
+
+
+async def test_tcp_moves_only_idle_connections_and_only_when_allowed() -> None:
+    backends = await start_backends(4)
+    port = free_port()
+    allowed = {**FAST, "tcp": "close_idle", "idle_for": "300ms"}
+    source = MemoryDiscovery(Endpoint(HOST, b.port) for b in backends[:2])
+    runtime = await _runtime(tcp_listener(port, [], name="db", rebalance=allowed), source)
+    try:
+        conns = []
+        for _ in range(8):
+            conns.append(await asyncio.open_connection(HOST, port))
+        await wait_for(lambda: [b.active for b in backends] == [4, 4, 0, 0])
+        busy_reader, busy_writer = conns[0]
+        source.set([Endpoint(HOST, b.port) for b in backends])
+
+        async def keep_busy() -> None:
+            while True:
+                busy_writer.write(b"x")
+                await busy_reader.readexactly(1)
+                await asyncio.sleep(0.05)
+
+        busy = asyncio.create_task(keep_busy())
+        # 4/4/0/0 -> at most 2 each (mean 2, 1.10 x 2 = 2.2): two leave each old backend.
+        await wait_for(lambda: sum(runtime.listeners[0].stats.rebalance_moves.values()) == 4, timeout=10)
+        closed = 0
+        for reader, _ in conns[1:]:
+            with contextlib.suppress(asyncio.TimeoutError):
+                if await asyncio.wait_for(reader.read(1), 0.2) == b"":
+                    closed += 1
+        assert closed == 4  # a clean EOF, and never the busy connection
+        assert not busy.done()
+        busy.cancel()
+    finally:
+        await runtime.drain(1)
+        await runtime.stop()
+
+
+async def test_tcp_is_never_moved_without_close_idle() -> None:
+    backends = await start_backends(2)
+    port = free_port()
+    source = MemoryDiscovery([Endpoint(HOST, backends[0].port)])
+    runtime = await _runtime(tcp_listener(port, [], name="db", rebalance=FAST), source)
+    try:
+        conns = [await asyncio.open_connection(HOST, port) for _ in range(4)]
+        source.set([Endpoint(HOST, b.port) for b in backends])
+        await asyncio.sleep(2.5)
+        assert [b.active for b in backends] == [4, 0]
+        assert runtime.listeners[0].stats.rebalance_moves == {}
+        for _, w in conns:
+            w.close()
+    finally:
+        await runtime.drain(1)
+        await runtime.stop()
+
+
+async def test_balance_in_backends_view_and_metrics() -> None:
+    async with ws_backends(2) as servers:
+        port = free_port()
+        source = MemoryDiscovery(Endpoint(HOST, s.port) for s in servers)
+        runtime = await _runtime(ws_listener(port, [], rebalance={"tolerance": 1.2}), source)
+        try:
+            clients = [await connect(f"ws://{HOST}:{port}/", compression=None) for _ in range(3)]
+            from proxy.admin import backends_view
+
+            view = backends_view(runtime.listeners)["listeners"][0]["balance"]
+            assert view == {
+                "imbalance_ratio": round(2 / 1.5, 4),
+                "cv": round(0.5 / 1.5, 4),
+                "rebalance": {"tolerance": 1.2, "moves": 0},
+            }
+            for c in clients:
+                await c.close()
+        finally:
+            await runtime.drain(1)
+            await runtime.stop()
