@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from websockets.asyncio.client import connect
@@ -141,5 +142,54 @@ async def test_balance_in_backends_view_and_metrics() -> None:
             for c in clients:
                 await c.close()
         finally:
+            await runtime.drain(1)
+            await runtime.stop()
+
+
+async def test_long_grpc_calls_move_with_unavailable_and_reopen_elsewhere(monkeypatch: Any) -> None:
+    import grpc
+
+    import proxy.grpc
+    from tests.grpcpeers import channel, grpc_listener, grpc_servers, server_stream, stream_request
+
+    monkeypatch.setattr(proxy.grpc, "MIN_MOVE_AGE", 0.5)  # the production 5 s would only slow the test
+    with grpc_servers(4) as servers:
+        port = free_port()
+        source = MemoryDiscovery(Endpoint(HOST, s.port) for s in servers[:2])
+        runtime = await _runtime(grpc_listener(port, [], name="api", rebalance=FAST), source)
+        stop = False
+        moved: list[str] = []
+
+        def watcher(ch: grpc.Channel) -> None:
+            # A client that keeps one long stream open, and re-opens it when
+            # the proxy moves it (UNAVAILABLE is retryable).
+            while not stop:
+                call = server_stream(ch)(stream_request(1, hold=True), timeout=30)
+                try:
+                    for _ in call:
+                        pass
+                except grpc.RpcError as exc:
+                    if not stop and exc.code() == grpc.StatusCode.UNAVAILABLE:
+                        moved.append(exc.details() or "")
+
+        ch = channel(port)
+        pool = ThreadPoolExecutor(20)  # one thread per blocking stream (the default pool is far smaller)
+        loop = asyncio.get_running_loop()
+        tasks = [loop.run_in_executor(pool, watcher, ch) for _ in range(20)]
+        try:
+            await wait_for(lambda: [s.live for s in servers] == [10, 10, 0, 0], timeout=10)
+            source.set([Endpoint(HOST, s.port) for s in servers])
+            live = lambda: [s.live for s in servers]  # noqa: E731
+            await wait_for(lambda: sum(live()) == 20 and imbalance(live()) <= 1.10, timeout=15)
+            moves = sum(runtime.listeners[0].stats.rebalance_moves.values())
+            assert 8 <= moves <= 10  # 10/10/0/0 -> at most 5 each (mean 5, 1.10 x 5 = 5.5)
+            assert len(moved) == moves and all("moved to rebalance load" in d for d in moved)
+        finally:
+            stop = True
+            for s in servers:
+                s.release()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            pool.shutdown()
+            ch.close()
             await runtime.drain(1)
             await runtime.stop()
