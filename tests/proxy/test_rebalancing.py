@@ -5,7 +5,6 @@ allowed, and nothing moves once the load is within tolerance."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -76,32 +75,39 @@ async def test_tcp_moves_only_idle_connections_and_only_when_allowed() -> None:
     allowed = {**FAST, "tcp": "close_idle", "idle_for": "300ms"}
     source = MemoryDiscovery(Endpoint(HOST, b.port) for b in backends[:2])
     runtime = await _runtime(tcp_listener(port, [], name="db", rebalance=allowed), source)
+    eofs = 0
+
+    async def idle_client() -> None:
+        # A pooled database client: reconnects when its idle connection ends.
+        nonlocal eofs
+        while True:
+            reader, writer = await asyncio.open_connection(HOST, port)
+            await reader.read(1)
+            eofs += 1
+            writer.close()
+
+    async def busy_client() -> None:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        while True:
+            writer.write(b"x")
+            assert await reader.readexactly(1) == b"x"
+            await asyncio.sleep(0.05)
+
+    busy = asyncio.create_task(busy_client())
+    idle = [asyncio.create_task(idle_client()) for _ in range(7)]
     try:
-        conns = []
-        for _ in range(8):
-            conns.append(await asyncio.open_connection(HOST, port))
         await wait_for(lambda: [b.active for b in backends] == [4, 4, 0, 0])
-        busy_reader, busy_writer = conns[0]
         source.set([Endpoint(HOST, b.port) for b in backends])
-
-        async def keep_busy() -> None:
-            while True:
-                busy_writer.write(b"x")
-                await busy_reader.readexactly(1)
-                await asyncio.sleep(0.05)
-
-        busy = asyncio.create_task(keep_busy())
         # 4/4/0/0 -> at most 2 each (mean 2, 1.10 x 2 = 2.2): two leave each old backend.
-        await wait_for(lambda: sum(runtime.listeners[0].stats.rebalance_moves.values()) == 4, timeout=10)
-        closed = 0
-        for reader, _ in conns[1:]:
-            with contextlib.suppress(asyncio.TimeoutError):
-                if await asyncio.wait_for(reader.read(1), 0.2) == b"":
-                    closed += 1
-        assert closed == 4  # a clean EOF, and never the busy connection
-        assert not busy.done()
-        busy.cancel()
+        await wait_for(lambda: [b.active for b in backends] == [2, 2, 2, 2], timeout=10)
+        await asyncio.sleep(1.5)  # another tick: nothing more moves
+        assert sum(runtime.listeners[0].stats.rebalance_moves.values()) == 4
+        assert eofs == 4  # each move a clean EOF to an idle client
+        assert not busy.done()  # never the busy connection
     finally:
+        for t in [busy, *idle]:
+            t.cancel()
+        await asyncio.gather(busy, *idle, return_exceptions=True)
         await runtime.drain(1)
         await runtime.stop()
 
