@@ -280,7 +280,7 @@ class GrpcListener(TcpListener):
             return False
         # UNAVAILABLE is the status gRPC clients retry (and reconnecting
         # streams re-open), and the new call is placed on a lighter backend.
-        stream.fail(Status.UNAVAILABLE, f"listener {self.name}: call moved to rebalance load; retry")
+        stream.fail(Status.UNAVAILABLE, f"listener {self.name}: call moved to rebalance load; retry", end="rebalance")
         return True
 
     # -- views -------------------------------------------------------------------------

@@ -374,7 +374,7 @@ class ProxiedStream:
         self._detach_upstream()
         self.fail(Status.UNAVAILABLE, f"backend {self.backend.address if self.backend else '?'}: {why}")
 
-    def fail(self, status: Status, message: str) -> None:
+    def fail(self, status: Status, message: str, end: str = "local") -> None:
         """End the call from the proxy with a gRPC status (and cancel upstream)."""
         if self.done:
             return
@@ -387,7 +387,7 @@ class ProxiedStream:
         else:
             self.response_started = True
             self._send_front_headers(trailers_only(status, message), True)
-        self._finish("local")
+        self._finish(end)
 
     def deadline_passed(self) -> None:
         self.deadline = None
