@@ -40,11 +40,16 @@ lint: $(BIN)/.dev
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: $(BIN)/.dev
+$(BIN)/.bench: $(BIN)/.dev
+	$(BIN)/pip install -q -e '.[bench]'
+	touch $@
+
+bench: $(BIN)/.bench
 	scripts/ensure-debian-packages $(BENCH_DEBS)
 	$(BIN)/python benchmarks/tcp_bench.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/ws_bench.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/grpc_bench.py $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.balance --simulate
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
