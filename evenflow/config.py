@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from balancer.endpoint import Endpoint
-from balancer.policies import DEFAULT_AFFINITY_TIMEOUT, DEFAULT_HASH_BALANCE_FACTOR
+from balancer.policies import DEFAULT_AFFINITY_TIMEOUT, DEFAULT_EWMA_DECAY, DEFAULT_HASH_BALANCE_FACTOR
 from balancer.rebalance import RebalanceConfig
 from balancer.registry import POLICIES
 from evenflow.checks import HealthCheckConfig, parse_health_check
@@ -88,6 +88,9 @@ class ListenerConfig:
     stream_window: int = DEFAULT_STREAM_WINDOW
     serve_health: bool = False
     health_check: HealthCheckConfig | None = None
+    # PROXY protocol: read a header from a front load balancer; send one to backends
+    accept_proxy_protocol: bool = False
+    send_proxy_protocol: str | None = None
     #: None: rebalancing off (only a ``rebalance:`` block turns it on)
     rebalance: RebalanceConfig | None = None
     # websocket listeners only (max_header_bytes: grpc too)
@@ -99,6 +102,9 @@ class ListenerConfig:
     affinity_timeout: float = DEFAULT_AFFINITY_TIMEOUT
     hash_on: str = "client_ip"
     hash_balance_factor: float = DEFAULT_HASH_BALANCE_FACTOR
+    #: seconds over which a backend joining a serving pool ramps up; 0: off
+    slow_start: float = 0.0
+    ewma_decay: float = DEFAULT_EWMA_DECAY  # peak_ewma only
     # websocket listeners: requests matched by Host and path go to their own backends
     routes: tuple[RouteConfig, ...] = ()
     #: False when a listener has routes but no ``backends`` of its own:
@@ -117,6 +123,7 @@ class RouteConfig:
     hash_on: str | None = None
     hash_balance_factor: float | None = None
     affinity_timeout: float | None = None
+    slow_start: float | None = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +154,8 @@ _LISTENER_KEYS = (
     "affinity_timeout",
     "hash_on",
     "hash_balance_factor",
+    "slow_start",
+    "ewma_decay",
     "routes",
     "max_concurrent_streams",
     "max_upstream_connections",
@@ -155,8 +164,10 @@ _LISTENER_KEYS = (
     "serve_health",
     "health_check",
     "rebalance",
+    "accept_proxy_protocol",
+    "send_proxy_protocol",
 )
-_WEBSOCKET_ONLY = ("handshake_timeout", "max_header_fields", "close_rate")
+_WEBSOCKET_ONLY = ("max_header_fields", "close_rate")
 _GRPC_ONLY = ("max_concurrent_streams", "max_upstream_connections", "max_message_size", "stream_window", "serve_health")
 
 
@@ -225,6 +236,20 @@ def _parse_listener(item: Any, path: str, default_drain: float) -> ListenerConfi
         kwargs["health_check"] = parse_health_check(data["health_check"], protocol, f"{path}.health_check")
     if "rebalance" in data:
         kwargs["rebalance"] = parse_rebalance(data["rebalance"], protocol, f"{path}.rebalance")
+    if "accept_proxy_protocol" in data:
+        if not isinstance(data["accept_proxy_protocol"], bool):
+            raise ConfigError(f"{path}.accept_proxy_protocol", f"expected true or false, got {data['accept_proxy_protocol']!r}")
+        kwargs["accept_proxy_protocol"] = data["accept_proxy_protocol"]
+    if data.get("send_proxy_protocol") not in (None, False, "off"):
+        version = data["send_proxy_protocol"]
+        if version not in ("v1", "v2"):
+            raise ConfigError(f"{path}.send_proxy_protocol", f"expected v1 or v2, got {version!r}")
+        if protocol == "grpc":
+            raise ConfigError(
+                f"{path}.send_proxy_protocol",
+                "not for grpc listeners: calls from many clients share each upstream connection (backends see x-forwarded-for)",
+            )
+        kwargs["send_proxy_protocol"] = version
     if "close_rate" in data:
         rate = data["close_rate"]
         if isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0:
@@ -236,6 +261,12 @@ def _parse_listener(item: Any, path: str, default_drain: float) -> ListenerConfi
         kwargs["hash_on"] = _hash_on(data["hash_on"], protocol, f"{path}.hash_on")
     if "hash_balance_factor" in data:
         kwargs["hash_balance_factor"] = balance_factor(data["hash_balance_factor"], f"{path}.hash_balance_factor")
+    if "slow_start" in data:
+        kwargs["slow_start"] = _slow_start(data["slow_start"], f"{path}.slow_start")
+    if "ewma_decay" in data:
+        kwargs["ewma_decay"] = parse_duration(data["ewma_decay"], f"{path}.ewma_decay")
+        if kwargs["ewma_decay"] == 0:
+            raise ConfigError(f"{path}.ewma_decay", "must be greater than zero")
     if "max_connections" in data:
         kwargs["max_connections"] = positive_int(data["max_connections"], f"{path}.max_connections")
     kwargs.setdefault("drain_timeout", default_drain)
@@ -277,7 +308,17 @@ def _grpc_options(data: Mapping[str, Any], protocol: str, path: str) -> dict[str
     return out
 
 
-_ROUTE_KEYS = ("name", "host", "path_prefix", "backends", "policy", "hash_on", "hash_balance_factor", "affinity_timeout")
+_ROUTE_KEYS = (
+    "name",
+    "host",
+    "path_prefix",
+    "backends",
+    "policy",
+    "hash_on",
+    "hash_balance_factor",
+    "affinity_timeout",
+    "slow_start",
+)
 
 
 def _parse_routes(value: Any, path: str, protocol: str) -> tuple[RouteConfig, ...]:
@@ -319,6 +360,7 @@ def _parse_routes(value: Any, path: str, protocol: str) -> tuple[RouteConfig, ..
                 affinity_timeout=parse_duration(data["affinity_timeout"], f"{where}.affinity_timeout")
                 if "affinity_timeout" in data
                 else None,
+                slow_start=_slow_start(data["slow_start"], f"{where}.slow_start") if "slow_start" in data else None,
             )
         )
     return tuple(routes)
@@ -332,11 +374,16 @@ def route_listener_config(parent: ListenerConfig, route: RouteConfig) -> Listene
         "routes": (),
         "has_default": True,
     }
-    for key in ("policy", "hash_on", "hash_balance_factor", "affinity_timeout"):
+    for key in ("policy", "hash_on", "hash_balance_factor", "affinity_timeout", "slow_start"):
         value = getattr(route, key)
         if value is not None:
             changes[key] = value
     return replace(parent, **changes)
+
+
+def _slow_start(value: Any, path: str) -> float:
+    # YAML reads a bare ``off`` as False (== 0): both mean no slow start.
+    return 0.0 if value in (None, "off", 0) else parse_duration(value, path)
 
 
 def _hash_on(value: Any, protocol: str, path: str) -> str:

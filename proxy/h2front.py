@@ -62,6 +62,9 @@ class FrontConnection(asyncio.Protocol):
         "paused",
         "pending",
         "preface",
+        "proxied_peer",
+        "proxy_buf",
+        "proxy_timer",
         "reason",
         "started",
         "streams",
@@ -93,6 +96,11 @@ class FrontConnection(asyncio.Protocol):
         self.pending = None
         self.bytes_up = 0
         self.bytes_down = 0
+        # accept_proxy_protocol: as on TCP connections (see ClientSide).
+        self.proxy_buf: bytes | None = b"" if listener.accept_proxy else None
+        self.proxied_peer: tuple[str, int] | None = None
+        # Until the client's preface (and PROXY header) is in: slowloris guard.
+        self.proxy_timer: asyncio.TimerHandle | None = None
 
     # -- socket events ---------------------------------------------------------
 
@@ -102,10 +110,18 @@ class FrontConnection(asyncio.Protocol):
         listener = self.listener
         listener.accepted(self)  # type: ignore[arg-type]
         # Our SETTINGS wait for the client's preface: a client that turns out
-        # to speak HTTP/1 must get its 505 as the first bytes it reads.
+        # to speak HTTP/1 must get its 505 as the first bytes it reads. A
+        # client that sends nothing is cut at handshake_timeout.
+        if not self.finished:
+            self.proxy_timer = listener.loop.call_later(listener.config.handshake_timeout, self._preface_late)
 
     def data_received(self, data: bytes) -> None:
         self.bytes_up += len(data)
+        if self.proxy_buf is not None:
+            rest = self.listener.take_proxy_header(self, data)
+            if not rest:
+                return
+            data = rest
         if self.preface is not None:
             data = self._check_preface(data)
             if not data:
@@ -163,6 +179,9 @@ class FrontConnection(asyncio.Protocol):
             self.preface = seen
             return b""
         self.preface = None
+        if self.proxy_timer is not None:
+            self.proxy_timer.cancel()
+            self.proxy_timer = None
         conn = self.conn
         conn.initiate_connection()
         # The connection window starts at 64 KiB and only WINDOW_UPDATE can
@@ -170,6 +189,13 @@ class FrontConnection(asyncio.Protocol):
         conn.increment_flow_control_window(self.listener.connection_window - 65535)
         self.mark()
         return seen
+
+    def _preface_late(self) -> None:
+        self.proxy_timer = None
+        if self.preface is not None and self.transport is not None:
+            self.reason = "handshake_timeout"
+            self.listener.stats.refuse("handshake_timeout")
+            self.transport.abort()
 
     def _not_http2(self, head: bytes) -> None:
         listener = self.listener

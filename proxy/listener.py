@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from balancer.backend import Backend
 from balancer.endpoint import EndpointSet
@@ -18,6 +19,7 @@ from balancer.pool import BackendPool, PoolChange
 from balancer.rebalance import Movable, RebalanceConfig
 from discovery.base import Discovery
 from evenflow.config import ListenerConfig
+from proxy import proxyproto
 from proxy.relay import ClientSide
 from proxy.stats import BackendStats, ListenerStats
 
@@ -51,6 +53,10 @@ class TcpListener:
         self._idle_task: asyncio.Task[None] | None = None
         self._no_connections = asyncio.Event()
         self._no_connections.set()
+        self.accept_proxy = config.accept_proxy_protocol
+        encoder = {"v1": proxyproto.encode_v1, "v2": proxyproto.encode_v2}.get(config.send_proxy_protocol or "")
+        #: builds the PROXY header a new upstream connection starts with (None: send none)
+        self.send_proxy = (lambda conn: encoder(client_address(conn), local_address(conn))) if encoder else None
 
     @property
     def address(self) -> str:
@@ -94,8 +100,54 @@ class TcpListener:
         return bool(self.pool.eligible)
 
     def admitted(self, conn: ClientSide) -> None:
-        """A client passed admission: raw TCP connects to a backend at once."""
+        """A client passed admission: raw TCP connects to a backend at once
+        (after its PROXY header, when one is expected)."""
+        if self.accept_proxy:
+            conn.proxy_buf = b""
+            conn.proxy_timer = self.loop.call_later(self.config.handshake_timeout, self._proxy_header_late, conn)
+            return
         conn.connect_task = self.loop.create_task(self._connect(conn))
+
+    # -- PROXY protocol from a front load balancer ---------------------------------
+
+    def take_proxy_header(self, conn: Any, data: bytes) -> bytes | None:
+        """Feed the PROXY header; the bytes after it once complete, else None
+        (more needed, or the header was bad and the client is being closed)."""
+        buf: bytes = conn.proxy_buf + data
+        try:
+            result = proxyproto.parse(buf)
+        except proxyproto.ProxyProtocolError as exc:
+            conn.proxy_buf = None
+            self._proxy_header_failed(conn, str(exc))
+            return None
+        if result is None:
+            conn.proxy_buf = buf
+            return None
+        header, used = result
+        conn.proxy_buf = None
+        if header.source is not None:
+            conn.proxied_peer = header.source
+        return buf[used:]
+
+    def proxy_header_done(self, conn: ClientSide) -> None:
+        if conn.proxy_timer is not None:
+            conn.proxy_timer.cancel()
+            conn.proxy_timer = None
+        conn.connect_task = self.loop.create_task(self._connect(conn))
+
+    def _proxy_header_late(self, conn: ClientSide) -> None:
+        conn.proxy_timer = None
+        if conn.proxy_buf is not None:
+            conn.proxy_buf = None
+            self._proxy_header_failed(conn, f"no PROXY header within {self.config.handshake_timeout}s")
+
+    def _proxy_header_failed(self, conn: Any, why: str) -> None:
+        self.stats.refuse("bad_proxy_header")
+        conn.reason = "bad_proxy_header"
+        conn.pending = None
+        log.info("bad PROXY header", extra={"listener": self.name, "client": _peer(conn), "error": why})
+        if conn.transport is not None:
+            conn.transport.abort()
 
     def unserved(self, conn: ClientSide, reason: str) -> None:
         """No backend could take the client: raw TCP can only reset it."""
@@ -295,6 +347,9 @@ class TcpListener:
 
     def finished(self, conn: ClientSide) -> None:
         """Both sockets are gone: settle the books and write the access line."""
+        if conn.proxy_timer is not None:
+            conn.proxy_timer.cancel()
+            conn.proxy_timer = None
         self.connections.discard(conn)
         if not self.connections:
             self._no_connections.set()
@@ -402,18 +457,29 @@ def _connect_timeout(conn: ClientSide) -> None:
         conn.connect_task.cancel()
 
 
-def client_ip(conn: ClientSide) -> str | None:
+def client_address(conn: Any) -> tuple[str, int] | None:
+    """The client as the PROXY header named it, else the socket's peer."""
+    if conn.proxied_peer is not None:
+        return conn.proxied_peer  # type: ignore[no-any-return]
     transport = conn.transport
     peer = transport.get_extra_info("peername") if transport is not None else None
-    return str(peer[0]) if peer else None
+    return (str(peer[0]), int(peer[1])) if peer else None
 
 
-def _peer(conn: ClientSide) -> str | None:
+def local_address(conn: Any) -> tuple[str, int] | None:
     transport = conn.transport
-    if transport is None:
+    local = transport.get_extra_info("sockname") if transport is not None else None
+    return (str(local[0]), int(local[1])) if local else None
+
+
+def client_ip(conn: Any) -> str | None:
+    address = client_address(conn)
+    return address[0] if address else None
+
+
+def _peer(conn: Any) -> str | None:
+    address = client_address(conn)
+    if address is None:
         return None
-    peer = transport.get_extra_info("peername")
-    if not peer:
-        return None
-    host, port = peer[0], peer[1]
+    host, port = address
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

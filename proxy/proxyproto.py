@@ -114,6 +114,8 @@ def _parse_v2(data: bytes) -> tuple[ProxyHeader, int] | None:
         return ProxyHeader(None, None, 2), total
     family, proto = fam >> 4, fam & 0xF
     body = data[16:total]
+    src: ipaddress.IPv4Address | ipaddress.IPv6Address
+    dst: ipaddress.IPv4Address | ipaddress.IPv6Address
     if proto != _V2_PROTO_STREAM or family not in (_V2_AF_INET, _V2_AF_INET6):
         # UDP, UNIX sockets or UNSPEC: nothing an IP-based policy can use.
         return ProxyHeader(None, None, 2), total

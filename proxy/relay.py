@@ -92,6 +92,10 @@ class UpstreamSide(_Side):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        listener = self.client.listener
+        if listener.send_proxy is not None:
+            # Before any client byte: the backend reads the real client first.
+            transport.write(listener.send_proxy(self.client))  # type: ignore[attr-defined]
         if self.early_relay:
             self.out = self.client.transport
 
@@ -120,6 +124,9 @@ class ClientSide(_Side):
         "listener",
         "pending",
         "pending_size",
+        "proxied_peer",
+        "proxy_buf",
+        "proxy_timer",
         "reason",
         "splicer",
         "started",
@@ -146,6 +153,11 @@ class ClientSide(_Side):
         self.bulk_reads = 0
         self.splicer: splice.Splicer | None = None
         self.conn = self
+        # accept_proxy_protocol: the header's bytes so far (None: none
+        # expected, or already read), the client it named, and its deadline.
+        self.proxy_buf: bytes | None = None
+        self.proxied_peer: tuple[str, int] | None = None
+        self.proxy_timer: asyncio.TimerHandle | None = None
 
     # -- accept and connect ---------------------------------------------------
 
@@ -164,6 +176,14 @@ class ClientSide(_Side):
         pending = self.pending
         if pending is None:  # refused or connect failed: nowhere to send it
             return
+        if self.proxy_buf is not None:
+            rest = self.listener.take_proxy_header(self, data)
+            if rest is None:
+                return
+            self.listener.proxy_header_done(self)
+            if not rest:
+                return
+            data = rest
         pending.append(data)
         self.pending_size += len(data)
         if self.pending_size > PENDING_LIMIT:

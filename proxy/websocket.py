@@ -66,6 +66,11 @@ class WsClientSide(ClientSide):
         self.refused: str | None = None
 
     def data_received(self, data: bytes) -> None:
+        if self.proxy_buf is not None:
+            rest = self.listener.take_proxy_header(self, data)
+            if not rest:
+                return
+            data = rest
         reader = self.reader
         if reader is None:
             if self.closing and self.upgraded:
@@ -278,6 +283,8 @@ class WebSocketListener(TcpListener):
         # Slowloris guard: the whole head must arrive within handshake_timeout.
         assert isinstance(conn, WsClientSide)
         conn.handshake_timer = self.loop.call_later(self.handshake_timeout, self._handshake_timeout, conn)
+        if self.accept_proxy and conn.refused is None:
+            conn.proxy_buf = b""  # the PROXY header comes first, within the same timer
 
     def unserved(self, conn: ClientSide, reason: str) -> None:
         assert isinstance(conn, WsClientSide)
