@@ -125,6 +125,9 @@ class ClientIpAffinity:
                 entries.popitem(last=False)
         return backend
 
+    def observe(self, backend: Backend, seconds: float) -> None:
+        """Latency plays no part here."""
+
     def _prune(self, now: float) -> None:
         """Drop up to ``PRUNE_BATCH`` expired entries from the least recently used end.
 

@@ -3,6 +3,12 @@
 The proxy bumps ``active``/``total`` around each connection; policies only
 read them. Kept to plain slotted attributes because every connection touches
 them twice.
+
+``weight`` is the weight policies use: the endpoint's own, scaled down while
+the backend slow-starts (``balancer.slow_start``). It changes only together
+with a new candidates tuple (the pool's ``_refresh`` or the slow-start
+wrapper's republished view), so a policy may cache facts about the weights
+of a tuple it has seen (keyed by the tuple's identity).
 """
 
 from __future__ import annotations
@@ -21,7 +27,20 @@ class BackendState(StrEnum):
 
 
 class Backend:
-    __slots__ = ("active", "address", "draining_since", "endpoint", "health", "health_reason", "host", "port", "state", "total")
+    __slots__ = (
+        "active",
+        "address",
+        "draining_since",
+        "endpoint",
+        "health",
+        "health_reason",
+        "host",
+        "port",
+        "ready_since",
+        "state",
+        "total",
+        "weight",
+    )
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
@@ -34,6 +53,12 @@ class Backend:
         self.draining_since: float | None = None
         self.health = Health.UNCHECKED
         self.health_reason = ""
+        #: The effective weight (see the module docstring): an int equal to
+        #: ``endpoint.weight`` unless slow start is ramping it.
+        self.weight: float = endpoint.weight
+        #: When slow start last saw it join a pool that was already serving
+        #: (its ramp starts there); None when it never did.
+        self.ready_since: float | None = None
 
     @property
     def eligible(self) -> bool:

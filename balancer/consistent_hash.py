@@ -174,6 +174,9 @@ class BoundedLoadHash:
                 break
         return best
 
+    def observe(self, backend: Backend, seconds: float) -> None:
+        """Latency plays no part here."""
+
     def _sync(self, candidates: Sequence[Backend]) -> None:
         """Bring the ring in line with ``candidates``: rebuilt only if the endpoints changed."""
         ordered = sorted(candidates, key=_address)

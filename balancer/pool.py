@@ -57,6 +57,9 @@ class BackendPool:
                     change.added.append(backend)
                 continue
             backend.endpoint = endpoint
+            # Any slow-start ramp restarts from the new endpoint's weight:
+            # _refresh below hands the policy a new tuple, so it sees the change.
+            backend.weight = endpoint.weight
             if endpoint.terminating:
                 self._retire(backend, now, change)
             elif backend.state is BackendState.DRAINING:

@@ -132,7 +132,12 @@ class Runtime:
         log.info("ready", extra={"admin": f"http://{self.config.admin}/"})
 
     def _add_listener(self, lc: ListenerConfig) -> TcpListener:
-        options = PolicyOptions(affinity_timeout=lc.affinity_timeout, hash_balance_factor=lc.hash_balance_factor)
+        options = PolicyOptions(
+            affinity_timeout=lc.affinity_timeout,
+            hash_balance_factor=lc.hash_balance_factor,
+            slow_start=lc.slow_start,
+            ewma_decay=lc.ewma_decay,
+        )
         pool = BackendPool(make_policy(lc.policy, self._rng, options))
         listener = listener_class(lc.protocol)(lc, pool, self.loop)
         listener.source = self._discoveries.get(lc.name) or discovery_for(lc)

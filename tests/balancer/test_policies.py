@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from fractions import Fraction
 
 import pytest
 from hypothesis import given
@@ -86,3 +87,63 @@ def test_pick_is_always_a_minimum_among_the_allowed(actives: list[int], excluded
     else:
         assert picked in allowed
         assert picked.active == min(b.active for b in allowed)  # type: ignore[union-attr]
+
+
+def weighted(*pairs: tuple[int, int]) -> list[Backend]:
+    """Backends from (active, weight) pairs."""
+    out = []
+    for i, (active, weight) in enumerate(pairs):
+        b = Backend(Endpoint("10.0.0.2", 2000 + i, weight=weight))
+        b.active = active
+        out.append(b)
+    return out
+
+
+def test_weighted_compares_active_per_weight() -> None:
+    # 4/1 = 4, 6/3 = 2, 5/2 = 2.5: the weight-3 backend is the least loaded.
+    bs = weighted((4, 1), (6, 3), (5, 2))
+    assert LeastConnections(random.Random(1)).pick(bs) is bs[1]
+    assert LeastConnections(random.Random(1)).pick(tuple(bs)) is bs[1]
+
+
+def test_weighted_ties_are_broken_by_the_rng() -> None:
+    # 2/1 == 4/2 == 6/3: a three-way tie, resolved by the same reservoir.
+    bs = weighted((2, 1), (4, 2), (6, 3))
+    assert LeastConnections(ScriptedRandom([0.4, 0.9])).pick(bs) is bs[1]
+    assert LeastConnections(ScriptedRandom([0.6, 0.2])).pick(bs) is bs[2]
+
+
+def test_weight_facts_follow_a_new_tuple() -> None:
+    bs = weighted((3, 1), (5, 1))
+    policy = LeastConnections(random.Random(0))
+    first = tuple(bs)
+    assert policy.pick(first) is bs[0]
+    # The weight changes together with a new tuple, as the pool guarantees.
+    bs[1].weight = 4
+    assert policy.pick(tuple(bs)) is bs[1]  # 5/4 < 3/1
+
+
+def test_sequential_weighted_placement_follows_the_weights() -> None:
+    bs = weighted((0, 1), (0, 2), (0, 5))
+    policy = LeastConnections(random.Random(3))
+    candidates = tuple(bs)
+    for _ in range(8000):
+        policy.pick(candidates).active += 1  # type: ignore[union-attr]
+    assert [b.active for b in bs] == pytest.approx([1000, 2000, 5000], abs=5)
+
+
+@given(
+    pairs=st.lists(st.tuples(st.integers(0, 50), st.integers(1, 9)), min_size=1, max_size=30),
+    excluded=st.sets(st.integers(min_value=0, max_value=29)),
+    seed=st.integers(),
+)
+def test_weighted_pick_is_a_minimum_of_active_per_weight(pairs: list[tuple[int, int]], excluded: set[int], seed: int) -> None:
+    bs = weighted(*pairs)
+    exclude = [bs[i] for i in excluded if i < len(bs)]
+    picked = LeastConnections(random.Random(seed)).pick(tuple(bs), exclude)
+    allowed = [b for b in bs if b not in exclude]
+    if not allowed:
+        assert picked is None
+    else:
+        assert picked in allowed
+        assert Fraction(picked.active, int(picked.weight)) == min(Fraction(b.active, int(b.weight)) for b in allowed)  # type: ignore[union-attr]
