@@ -63,6 +63,7 @@ class ProxiedStream:
         "replay",
         "replay_size",
         "response_started",
+        "sent_at",
         "sid",
         "sizer",
         "started",
@@ -102,6 +103,7 @@ class ProxiedStream:
         self.deadline: asyncio.TimerHandle | None = None
         self.sizer = MessageSizer(listener.max_message_size) if listener.max_message_size else None
         self.started = listener.loop.time()
+        self.sent_at = 0.0  # when the request went to the current backend
         self.status = ""
 
     # -- placement ---------------------------------------------------------------
@@ -128,6 +130,7 @@ class ProxiedStream:
         """The upstream connection can take the stream now: open it there."""
         conn = up.conn
         self.up = up
+        self.sent_at = self.listener.loop.time()
         self.usid = usid = conn.get_next_available_stream_id()
         end = self.up_end and not self.up_queue and self.up_trailers is None
         conn.send_headers(usid, self.headers, end_stream=end)
@@ -250,6 +253,10 @@ class ProxiedStream:
     def response_headers(self, headers: Headers, ended: bool) -> None:
         self.replay = None  # the backend answered: never retried from here on
         self.response_started = True
+        listener = self.listener
+        if self.backend is not None:
+            # Time to first response: what peak_ewma weighs backends by.
+            listener.pool.policy.observe(self.backend, listener.loop.time() - self.sent_at)
         front = self.front
         if ended:  # trailers-only: one HEADERS frame carries status and end
             self.status = _grpc_status(headers)

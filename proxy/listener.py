@@ -313,6 +313,7 @@ class TcpListener:
                 timer.cancel()
             now = loop.time()
             stats.connect_seconds.observe(now - t0)
+            pool.policy.observe(backend, now - t0)  # latency-aware policies learn from it
             backend.total += 1
             if conn.finished:
                 # Both sides hung up while we were connecting: nothing to attach.
@@ -428,7 +429,11 @@ class TcpListener:
 
     def backend_extras(self, backend: Backend) -> dict[str, object]:
         """Protocol-specific fields of a backend in ``/backends``."""
-        return {"health_reason": backend.health_reason} if backend.health_reason else {}
+        extras: dict[str, object] = {"health_reason": backend.health_reason} if backend.health_reason else {}
+        warming = getattr(self.pool.policy, "warming", None)  # only with slow_start
+        if warming is not None:
+            extras["slow_start"] = warming(backend)
+        return extras
 
     # -- idle timeout ------------------------------------------------------------
 

@@ -92,6 +92,7 @@ class GrpcServer:
         self.cancelled: list[str] = []  # methods whose call was cancelled under them
         self.metadata: list[tuple[str, Any]] = []  # the last Unary/Abort call's invocation metadata
         self.released = threading.Event()
+        self.delay = 0.0  # seconds Unary waits before answering: a slow pod
         self.serving = True  # what grpc.health.v1.Health/Check answers
         self.health_checks = 0
         self.server: grpc.Server | None = None
@@ -175,6 +176,8 @@ class GrpcServer:
     # -- methods -----------------------------------------------------------------
 
     def unary(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        if self.delay:
+            time.sleep(self.delay)
         self.metadata = [(m.key, m.value) for m in context.invocation_metadata()]
         context.set_trailing_metadata(echoed_metadata(context.invocation_metadata()))
         context.send_initial_metadata((("x-port", str(self.port)),))
