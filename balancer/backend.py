@@ -31,6 +31,7 @@ class Backend:
         "active",
         "address",
         "draining_since",
+        "ejected",
         "endpoint",
         "health",
         "health_reason",
@@ -53,6 +54,8 @@ class Backend:
         self.draining_since: float | None = None
         self.health = Health.UNCHECKED
         self.health_reason = ""
+        #: Out of the picks after a run of failures (passive outlier detection).
+        self.ejected = False
         #: The effective weight (see the module docstring): an int equal to
         #: ``endpoint.weight`` unless slow start is ramping it.
         self.weight: float = endpoint.weight
@@ -62,7 +65,7 @@ class Backend:
 
     @property
     def eligible(self) -> bool:
-        return self.state is BackendState.READY and self.health is not Health.UNHEALTHY
+        return self.state is BackendState.READY and self.health is not Health.UNHEALTHY and not self.ejected
 
     def __repr__(self) -> str:
         return f"Backend({self.address}, {self.state.value}, active={self.active})"

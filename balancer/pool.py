@@ -75,13 +75,18 @@ class BackendPool:
     def _refresh(self) -> None:
         eligible = tuple(b for b in self._backends.values() if b.eligible)
         if not eligible:
-            # Every ready backend failed its health check: fail open (as
+            # Every ready backend failed its health check (or was ejected): fail open (as
             # Envoy's panic mode does) rather than refuse everything; a
             # health check that is wrong everywhere is likelier than a
             # service that is down everywhere, and a call to a sick pod
             # fails no worse than a refused one.
             eligible = tuple(b for b in self._backends.values() if b.state is BackendState.READY)
         self._eligible = eligible
+
+    def set_ejected(self, backend: Backend, ejected: bool) -> None:
+        """Passive outlier detection took it out (or let it back): picks follow at once."""
+        backend.ejected = ejected
+        self._refresh()
 
     def set_health(self, backend: Backend, health: Health, reason: str = "") -> None:
         """An active check's verdict changed: picks follow at once."""

@@ -14,13 +14,16 @@ from typing import Any
 
 import yaml
 
+from balancer.ejection import EjectionConfig
 from balancer.endpoint import Endpoint
 from balancer.policies import DEFAULT_AFFINITY_TIMEOUT, DEFAULT_EWMA_DECAY, DEFAULT_HASH_BALANCE_FACTOR
 from balancer.rebalance import RebalanceConfig
 from balancer.registry import POLICIES
-from evenflow.checks import HealthCheckConfig, parse_health_check
+from evenflow.adminauth import parse_admin_token
+from evenflow.checks import HealthCheckConfig, parse_health_check, parse_outlier_detection
 from evenflow.rebalancing import parse_rebalance
 from evenflow.sources import BackendsConfig, StaticBackends, parse_backends, parse_shorthand
+from evenflow.tls import TlsConfig, UpstreamTlsConfig, parse_tls, parse_upstream_tls
 from evenflow.values import (
     NAME_RE,
     ConfigError,
@@ -81,6 +84,8 @@ class ListenerConfig:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     idle_timeout: float | None = None
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    #: live connections (grpc: calls) one backend may hold; None: no limit
+    max_connections_per_backend: int | None = None
     # grpc listeners only
     max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS
     max_upstream_connections: int = DEFAULT_MAX_UPSTREAM_CONNECTIONS
@@ -88,9 +93,14 @@ class ListenerConfig:
     stream_window: int = DEFAULT_STREAM_WINDOW
     serve_health: bool = False
     health_check: HealthCheckConfig | None = None
+    #: passive ejection after failure runs; on by default, None when turned off
+    outlier_detection: EjectionConfig | None = field(default_factory=EjectionConfig)
     # PROXY protocol: read a header from a front load balancer; send one to backends
     accept_proxy_protocol: bool = False
     send_proxy_protocol: str | None = None
+    # TLS: terminated on the listener; originated towards backends
+    tls: TlsConfig | None = None
+    upstream_tls: UpstreamTlsConfig | None = None
     #: None: rebalancing off (only a ``rebalance:`` block turns it on)
     rebalance: RebalanceConfig | None = None
     # websocket listeners only (max_header_bytes: grpc too)
@@ -131,12 +141,14 @@ class Config:
     listeners: tuple[ListenerConfig, ...]
     admin: HostPort = field(default_factory=lambda: parse_hostport(DEFAULT_ADMIN, "admin.listen"))
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    #: bearer token the admin API asks for (all but /healthz, /readyz); never in a repr
+    admin_token: str | None = field(default=None, repr=False)
 
 
 # -- document parsers ------------------------------------------------------------
 
 _TOP_KEYS = ("admin", "drain_timeout", "listeners")
-_ADMIN_KEYS = ("listen",)
+_ADMIN_KEYS = ("listen", "token", "token_file")
 _LISTENER_KEYS = (
     "name",
     "listen",
@@ -147,6 +159,7 @@ _LISTENER_KEYS = (
     "connect_timeout",
     "idle_timeout",
     "max_connections",
+    "max_connections_per_backend",
     "handshake_timeout",
     "max_header_bytes",
     "max_header_fields",
@@ -164,8 +177,11 @@ _LISTENER_KEYS = (
     "serve_health",
     "health_check",
     "rebalance",
+    "outlier_detection",
     "accept_proxy_protocol",
     "send_proxy_protocol",
+    "tls",
+    "upstream_tls",
 )
 _WEBSOCKET_ONLY = ("max_header_fields", "close_rate")
 _GRPC_ONLY = ("max_concurrent_streams", "max_upstream_connections", "max_message_size", "stream_window", "serve_health")
@@ -177,11 +193,13 @@ def parse_config(data: Any) -> Config:
     top = mapping(data, "")
     check_keys(top, _TOP_KEYS, "")
     admin = parse_hostport(DEFAULT_ADMIN, "admin.listen")
+    admin_token = None
     if "admin" in top:
         admin_map = mapping(top["admin"], "admin")
         check_keys(admin_map, _ADMIN_KEYS, "admin")
         if "listen" in admin_map:
             admin = parse_hostport(admin_map["listen"], "admin.listen")
+        admin_token = parse_admin_token(admin_map, "admin")
     drain = DEFAULT_DRAIN_TIMEOUT
     if "drain_timeout" in top:
         drain = parse_duration(top["drain_timeout"], "drain_timeout")
@@ -192,7 +210,7 @@ def parse_config(data: Any) -> Config:
         raise ConfigError("listeners", "expected a non-empty list of listeners")
     listeners = tuple(_parse_listener(item, f"listeners[{i}]", drain) for i, item in enumerate(raw_listeners))
     _check_unique(listeners)
-    return Config(listeners=listeners, admin=admin, drain_timeout=drain)
+    return Config(listeners=listeners, admin=admin, drain_timeout=drain, admin_token=admin_token)
 
 
 def _parse_listener(item: Any, path: str, default_drain: float) -> ListenerConfig:
@@ -208,7 +226,7 @@ def _parse_listener(item: Any, path: str, default_drain: float) -> ListenerConfi
     if protocol not in PROTOCOLS:
         raise ConfigError(f"{path}.protocol", f"unsupported protocol {protocol!r} (supported: {', '.join(PROTOCOLS)})")
     policy = data.get("policy", "least_connections")
-    if policy not in POLICIES:
+    if not isinstance(policy, str) or policy not in POLICIES:
         raise ConfigError(f"{path}.policy", f"unknown policy {policy!r} (known: {', '.join(sorted(POLICIES))})")
     kwargs: dict[str, Any] = {}
     for key in ("drain_timeout", "connect_timeout"):
@@ -236,6 +254,8 @@ def _parse_listener(item: Any, path: str, default_drain: float) -> ListenerConfi
         kwargs["health_check"] = parse_health_check(data["health_check"], protocol, f"{path}.health_check")
     if "rebalance" in data:
         kwargs["rebalance"] = parse_rebalance(data["rebalance"], protocol, f"{path}.rebalance")
+    if "outlier_detection" in data:
+        kwargs["outlier_detection"] = parse_outlier_detection(data["outlier_detection"], f"{path}.outlier_detection")
     if "accept_proxy_protocol" in data:
         if not isinstance(data["accept_proxy_protocol"], bool):
             raise ConfigError(f"{path}.accept_proxy_protocol", f"expected true or false, got {data['accept_proxy_protocol']!r}")
@@ -250,6 +270,7 @@ def _parse_listener(item: Any, path: str, default_drain: float) -> ListenerConfi
                 "not for grpc listeners: calls from many clients share each upstream connection (backends see x-forwarded-for)",
             )
         kwargs["send_proxy_protocol"] = version
+    kwargs.update(_tls_options(data, protocol, path, kwargs))
     if "close_rate" in data:
         rate = data["close_rate"]
         if isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0:
@@ -269,6 +290,10 @@ def _parse_listener(item: Any, path: str, default_drain: float) -> ListenerConfi
             raise ConfigError(f"{path}.ewma_decay", "must be greater than zero")
     if "max_connections" in data:
         kwargs["max_connections"] = positive_int(data["max_connections"], f"{path}.max_connections")
+    if data.get("max_connections_per_backend") not in (None, "off"):
+        kwargs["max_connections_per_backend"] = positive_int(
+            data["max_connections_per_backend"], f"{path}.max_connections_per_backend"
+        )
     kwargs.setdefault("drain_timeout", default_drain)
     if "routes" in data:
         if protocol != "websocket":
@@ -284,6 +309,21 @@ def _parse_listener(item: Any, path: str, default_drain: float) -> ListenerConfi
         has_default=has_default,
         **kwargs,
     )
+
+
+def _tls_options(data: Mapping[str, Any], protocol: str, path: str, parsed: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if data.get("tls") is not None:
+        if parsed.get("accept_proxy_protocol"):
+            # The PROXY header precedes the ClientHello; reading it first is not built yet.
+            raise ConfigError(f"{path}.tls", "cannot be combined with accept_proxy_protocol yet")
+        out["tls"] = parse_tls(data["tls"], protocol, f"{path}.tls")
+    if data.get("upstream_tls") not in (None, False):
+        if parsed.get("send_proxy_protocol"):
+            # The header would have to go out before the TLS handshake, not inside it.
+            raise ConfigError(f"{path}.upstream_tls", "cannot be combined with send_proxy_protocol yet")
+        out["upstream_tls"] = parse_upstream_tls(data["upstream_tls"], protocol, f"{path}.upstream_tls")
+    return out
 
 
 def _grpc_options(data: Mapping[str, Any], protocol: str, path: str) -> dict[str, Any]:
@@ -344,7 +384,7 @@ def _parse_routes(value: Any, path: str, protocol: str) -> tuple[RouteConfig, ..
         if not isinstance(prefix, str) or not prefix.startswith("/"):
             raise ConfigError(f"{where}.path_prefix", f"expected a path starting with '/', got {prefix!r}")
         policy = data.get("policy")
-        if policy is not None and policy not in POLICIES:
+        if policy is not None and (not isinstance(policy, str) or policy not in POLICIES):
             raise ConfigError(f"{where}.policy", f"unknown policy {policy!r} (known: {', '.join(sorted(POLICIES))})")
         routes.append(
             RouteConfig(

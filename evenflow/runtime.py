@@ -21,8 +21,10 @@ from balancer.pool import BackendPool
 from balancer.registry import make_policy
 from discovery.base import Discovery
 from discovery.static import StaticDiscovery
+from evenflow.adminauth import is_loopback
 from evenflow.config import Config, ListenerConfig, route_listener_config
 from evenflow.sources import DnsBackends, FileBackends, StaticBackends
+from proxy import fdguard
 from proxy.admin import AdminServer, AdminState
 from proxy.listener import TcpListener
 from proxy.websocket import WebSocketListener
@@ -95,13 +97,25 @@ class Runtime:
         self._stop = asyncio.Event()
         self._all_synced = asyncio.Event()
         self._signals = 0
+        self._own_handler = False
 
     # -- start ----------------------------------------------------------------
 
     async def start(self) -> None:
         _raise_nofile_limit(self.config)
-        self.admin = AdminServer(self.admin_state, self.config.admin.host, self.config.admin.port)
+        admin = self.config.admin
+        if self.config.admin_token is None and not is_loopback(admin.host):
+            log.warning(
+                "admin API reachable beyond this machine without a token: set admin.token_file",
+                extra={"admin": str(admin)},
+            )
+        self.admin = AdminServer(self.admin_state, admin.host, admin.port, self.config.admin_token)
         await self.admin.start()
+        # Out of file descriptors: uvloop survives it silently; this makes it seen.
+        self._tasks.append(self.loop.create_task(fdguard.watch(lambda: self.listeners)))
+        if self.loop.get_exception_handler() is None:
+            self.loop.set_exception_handler(fdguard.exception_handler(lambda: self.listeners))
+            self._own_handler = True
         try:
             fronts = []
             for lc in self.config.listeners:
@@ -192,11 +206,14 @@ class Runtime:
         return None
 
     def reload(self) -> None:
-        """SIGHUP: sources that can re-read now (the file source) do so."""
+        """SIGHUP: sources that can re-read now (the file source) do so, and
+        TLS listeners load their certificate files again."""
         for listener in self.listeners:
             reload = getattr(listener.source, "reload", None)
             if reload is not None:
                 reload()
+            if listener.tls is not None:
+                listener.tls.reload("SIGHUP")
 
     # -- stop -----------------------------------------------------------------
 
@@ -249,6 +266,9 @@ class Runtime:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        if self._own_handler:
+            self.loop.set_exception_handler(None)
+            self._own_handler = False
         for listener in self.listeners:
             await listener.close()
         if self.admin is not None:

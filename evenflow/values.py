@@ -5,6 +5,7 @@ type that names the offending key. Shared by every part of the config.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ def parse_duration(value: Any, path: str) -> float:
         if not match:
             raise ConfigError(path, f"bad duration {value!r}: expected a number with ms, s, m or h (e.g. 500ms, 30s, 5m)")
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not math.isfinite(seconds):
+        raise ConfigError(path, f"duration must be a finite number of seconds, got {value!r}")
     if seconds < 0:
         raise ConfigError(path, f"duration must not be negative, got {value!r}")
     return seconds

@@ -2,14 +2,19 @@
 
 Read-only: nothing here changes proxy state. Served by aiohttp on the same
 loop as the data plane; a scrape costs one pass over the live connections.
+With a token, every endpoint but the probes asks for ``Authorization: Bearer``
+(the token itself is never logged or echoed).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import hashlib
+import hmac
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
@@ -85,7 +90,37 @@ def discovery_view(listener: TcpListener) -> dict[str, Any]:
     }
 
 
-def make_app(state: AdminState) -> web.Application:
+# Kubelet probes cannot easily send headers, and these two reveal nothing
+# but "up" and "ready": they stay open when a token is set.
+OPEN_PATHS = frozenset(("/healthz", "/readyz"))
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def bearer_auth(token: str) -> Middleware:
+    """Middleware: ``Authorization: Bearer TOKEN`` on all but ``OPEN_PATHS``, else 401."""
+    # Digests of equal length: compare_digest then leaks neither the token's
+    # bytes nor its length through timing.
+    want = hashlib.sha256(token.encode()).digest()
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in OPEN_PATHS:
+            return await handler(request)
+        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        given = hashlib.sha256(credentials.strip().encode("utf-8", "replace")).digest()
+        # The scheme is case-insensitive (RFC 9110 §11.1).
+        if scheme.lower() == "bearer" and hmac.compare_digest(given, want):
+            return await handler(request)
+        challenge = 'Bearer realm="evenflow-admin"'
+        if scheme:
+            challenge += ', error="invalid_token"'  # RFC 6750 §3.1: credentials were sent but are wrong
+        return web.Response(status=401, text="unauthorized\n", headers={"WWW-Authenticate": challenge})
+
+    return auth
+
+
+def make_app(state: AdminState, token: str | None = None) -> web.Application:
     async def metrics(_: web.Request) -> web.Response:
         body = generate_latest(state.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -114,7 +149,7 @@ def make_app(state: AdminState) -> web.Application:
     async def backends(_: web.Request) -> web.Response:
         return web.json_response(backends_view(state.listeners()))
 
-    app = web.Application()
+    app = web.Application(middlewares=[bearer_auth(token)] if token else [])
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -123,8 +158,8 @@ def make_app(state: AdminState) -> web.Application:
 
 
 class AdminServer:
-    def __init__(self, state: AdminState, host: str, port: int) -> None:
-        self._runner = web.AppRunner(make_app(state), access_log=None, handle_signals=False)
+    def __init__(self, state: AdminState, host: str, port: int, token: str | None = None) -> None:
+        self._runner = web.AppRunner(make_app(state, token), access_log=None, handle_signals=False)
         self._host = host
         self._port = port
 

@@ -214,7 +214,16 @@ class GrpcListener(TcpListener):
         t0 = self.loop.time()
         try:
             async with asyncio.timeout(self.connect_timeout):
-                await self.loop.create_connection(lambda: up, backend.host, backend.port)
+                if self.upstream_ssl is None:
+                    await self.loop.create_connection(lambda: up, backend.host, backend.port)
+                else:  # ALPN h2 comes with the context
+                    await self.loop.create_connection(
+                        lambda: up,
+                        backend.host,
+                        backend.port,
+                        ssl=self.upstream_ssl,
+                        server_hostname=self.upstream_tls.server_name(backend.host),  # type: ignore[union-attr]
+                    )
         except (OSError, TimeoutError) as exc:
             why = "connect timeout" if isinstance(exc, TimeoutError) else f"connect failed: {exc.strerror or exc}"
             stats.connect_errors += 1
@@ -222,6 +231,7 @@ class GrpcListener(TcpListener):
                 stats.connect_timeouts += 1
             stats.connect_seconds.observe(self.loop.time() - t0)
             log.warning("connect failed", extra={"listener": self.name, "backend": backend.address, "error": why})
+            self.backend_failed(backend, why)
             up.connect_failed(why)
             return
         stats.connect_seconds.observe(self.loop.time() - t0)

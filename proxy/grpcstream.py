@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from balancer.policies import NO_CONTEXT
 from proxy.grpcwire import Headers, MessageSizer, Status, status_trailers, trailers_only
 from proxy.http2 import ErrorCode, Http2Error
+from proxy.limits import pick_open
 
 if TYPE_CHECKING:
     import asyncio
@@ -113,9 +114,20 @@ class ProxiedStream:
         listener = self.listener
         pool = listener.pool
         ctx = listener.pick_context_for(self) if pool.policy.needs else NO_CONTEXT
-        backend = pool.pick(self.tried, ctx)
+        limit = listener.per_backend_limit
+        if limit is None:
+            backend, full = pool.pick(self.tried, ctx), False
+        else:
+            backend, full = pick_open(pool, self.tried, ctx, limit)
         if backend is None:
-            if self.tried:
+            if full:
+                # Never queued: the client decides whether and when to retry.
+                listener.stats.refuse("backends_full")
+                self.fail(
+                    Status.RESOURCE_EXHAUSTED,
+                    f"listener {listener.name}: every backend is at max_connections_per_backend ({limit} calls)",
+                )
+            elif self.tried:
                 self.fail(Status.UNAVAILABLE, f"listener {listener.name}: no backend could take the call")
             else:
                 listener.stats.refuse("no_backends")
@@ -260,6 +272,7 @@ class ProxiedStream:
         front = self.front
         if ended:  # trailers-only: one HEADERS frame carries status and end
             self.status = _grpc_status(headers)
+            self._judge_backend()
             self._send_front_headers(headers, True)
             self._finish("ok")
             return
@@ -280,6 +293,7 @@ class ProxiedStream:
     def upstream_ended(self, trailers: Headers | None) -> None:
         if trailers is not None:
             self.status = _grpc_status(trailers)
+        self._judge_backend()
         self.down_end = trailers if trailers is not None else True
         self.pump_down()
 
@@ -379,7 +393,20 @@ class ProxiedStream:
             self.retry()
             return
         self._detach_upstream()
+        if self.backend is not None:
+            self.listener.backend_failed(self.backend, why)
         self.fail(Status.UNAVAILABLE, f"backend {self.backend.address if self.backend else '?'}: {why}")
+
+    def _judge_backend(self) -> None:
+        """The backend ended the call: UNAVAILABLE counts towards ejecting it
+        (a burst of them is a sick pod), anything else clears its run."""
+        backend = self.backend
+        if backend is None:
+            return
+        if self.status == "14":
+            self.listener.backend_failed(backend, "UNAVAILABLE")
+        else:
+            self.listener.backend_succeeded(backend)
 
     def fail(self, status: Status, message: str, end: str = "local") -> None:
         """End the call from the proxy with a gRPC status (and cancel upstream)."""

@@ -1,7 +1,8 @@
 """Active health checks: probe every backend of a listener on a timer.
 
-Owns the probes (``tcp``: a connect; ``grpc``: ``grpc.health.v1.Health/Check``
-over its own HTTP/2 connection, never a pooled one, so a probe is not load)
+Owns the probes (``tcp``: a connect; ``http``: a GET, in ``proxy.httpcheck``;
+``grpc``: ``grpc.health.v1.Health/Check`` over its own HTTP/2 connection, never
+a pooled one, so a probe is not load)
 and their schedule: each backend on its own timer, first probe at a random
 point of the interval and every interval ±10% after, so many proxies (or
 workers) do not probe a pod in lockstep. Verdicts are ``balancer.health``'s;
@@ -29,7 +30,9 @@ from proxy.grpcwire import (
     unframe_message,
 )
 from proxy.http2 import Connection, DataReceived, ResponseReceived, StreamEnded, StreamReset, TrailersReceived
+from proxy.httpcheck import HttpProbeFailed, http_probe
 from proxy.listener import TcpListener
+from proxy.tls import UpstreamTls
 
 log = logging.getLogger("evenflow.health")
 
@@ -51,9 +54,12 @@ async def tcp_probe(host: str, port: int) -> None:
         await writer.wait_closed()
 
 
-def grpc_probe(service: str) -> Probe:
+def grpc_probe(service: str, tls: UpstreamTls | None = None) -> Probe:
     async def probe(host: str, port: int) -> None:
-        reader, writer = await asyncio.open_connection(host, port)
+        if tls is None:
+            reader, writer = await asyncio.open_connection(host, port)
+        else:  # the backend speaks TLS (upstream_tls): so does its check
+            reader, writer = await asyncio.open_connection(host, port, ssl=tls.context, server_hostname=tls.server_name(host))
         try:
             await _grpc_check(reader, writer, host, port, service)
         finally:
@@ -114,7 +120,9 @@ class HealthChecker:
         self.listener = listener
         self.config = config
         self._random = rng or random.Random()
-        self._probe: Probe = grpc_probe(config.service) if config.type == "grpc" else tcp_probe
+        self._probe: Probe = grpc_probe(config.service, listener.upstream_tls) if config.type == "grpc" else tcp_probe
+        if config.type == "http":
+            self._probe = http_probe(config, listener.upstream_tls)
         self._tasks: dict[Backend, asyncio.Task[None]] = {}
 
     async def run(self) -> None:
@@ -152,7 +160,7 @@ class HealthChecker:
                 await self._probe(backend.host, backend.port)
         except TimeoutError:
             return False, f"{self.config.type} check timed out after {self.config.timeout}s"
-        except ProbeFailed as exc:
+        except (ProbeFailed, HttpProbeFailed) as exc:
             return False, f"{self.config.type} check: {exc}"
         except OSError as exc:
             return False, f"{self.config.type} check: {exc.strerror or exc}"

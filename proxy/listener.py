@@ -12,7 +12,8 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from balancer.backend import Backend
+from balancer.backend import Backend, BackendState
+from balancer.ejection import OutlierDetector
 from balancer.endpoint import EndpointSet
 from balancer.policies import NO_CONTEXT, PickContext
 from balancer.pool import BackendPool, PoolChange
@@ -20,8 +21,11 @@ from balancer.rebalance import Movable, RebalanceConfig
 from discovery.base import Discovery
 from evenflow.config import ListenerConfig
 from proxy import proxyproto
+from proxy.fdguard import FD_EXHAUSTED, FdReport
+from proxy.limits import pick_open
 from proxy.relay import ClientSide
 from proxy.stats import BackendStats, ListenerStats
+from proxy.tls import ServerTls, UpstreamTls
 
 log = logging.getLogger("evenflow.listener")
 access_log = logging.getLogger("evenflow.access")
@@ -43,6 +47,9 @@ class TcpListener:
         self.loop = loop
         self.connect_timeout = config.connect_timeout
         self.max_connections = config.max_connections
+        #: live connections (grpc: calls) per backend; None: unlimited, and picks skip the check
+        self.per_backend_limit = config.max_connections_per_backend
+        self.fd_report = FdReport(self.name)
         self.connections: set[ClientSide] = set()
         self.stats = ListenerStats()
         self.backend_stats: dict[str, BackendStats] = {}
@@ -53,10 +60,19 @@ class TcpListener:
         self._idle_task: asyncio.Task[None] | None = None
         self._no_connections = asyncio.Event()
         self._no_connections.set()
+        self.outliers = OutlierDetector(config.outlier_detection) if config.outlier_detection is not None else None
         self.accept_proxy = config.accept_proxy_protocol
         encoder = {"v1": proxyproto.encode_v1, "v2": proxyproto.encode_v2}.get(config.send_proxy_protocol or "")
         #: builds the PROXY header a new upstream connection starts with (None: send none)
         self.send_proxy = (lambda conn: encoder(client_address(conn), local_address(conn))) if encoder else None
+        #: TLS termination (built at start, so a file broken since ``check`` fails the start)
+        self.tls: ServerTls | None = None
+        self._tls_watch: asyncio.Task[None] | None = None
+        self.upstream_tls = UpstreamTls(config.upstream_tls, self.name) if config.upstream_tls is not None else None
+        # What create_connection gets: None for plain backends.
+        self.upstream_ssl = self.upstream_tls.context if self.upstream_tls is not None else None
+        #: Either side encrypted: the relay must never splice (ciphertext would bypass TLS).
+        self.encrypted = config.tls is not None or config.upstream_tls is not None
 
     @property
     def address(self) -> str:
@@ -75,14 +91,23 @@ class TcpListener:
 
     async def start(self) -> None:
         host, port = self.config.listen.host, self.config.listen.port
+        factory: Any = self.new_client
+        if self.config.tls is not None:
+            self.tls = ServerTls(self.config.tls, self.name, self.loop, self.config.handshake_timeout)
+            factory = self.tls.wrap(self.new_client)
         try:
-            self.server = await self.loop.create_server(self.new_client, host, port, backlog=BACKLOG, reuse_address=True)
+            self.server = await self.loop.create_server(factory, host, port, backlog=BACKLOG, reuse_address=True)
         except OSError as exc:
             raise ListenError(
                 exc.errno, f"listener {self.name!r}: cannot listen on {self.address}: {exc.strerror or exc}"
             ) from None
         self.start_serving()
-        log.info("listening", extra={"listener": self.name, "listen": self.address, "protocol": self.config.protocol})
+        if self.tls is not None:
+            self._tls_watch = self.loop.create_task(self.tls.watch())
+        log.info(
+            "listening",
+            extra={"listener": self.name, "listen": self.address, "protocol": self.config.protocol, "tls": self.tls is not None},
+        )
 
     def start_serving(self) -> None:
         """Admit clients (handed to us by our socket, or by a front listener)."""
@@ -189,6 +214,8 @@ class TcpListener:
             timer.cancel()
         if self._idle_task is not None:
             self._idle_task.cancel()
+        if self._tls_watch is not None:
+            self._tls_watch.cancel()
         if self.server is not None:
             await self.server.wait_closed()
 
@@ -206,6 +233,8 @@ class TcpListener:
             log.info("backend restored", extra={"listener": self.name, "backend": backend.address})
         for backend in change.removed:
             self.backend_stats.pop(backend.address, None)
+            if self.outliers is not None:
+                self.outliers.forget(backend.address)
             log.info("backend removed", extra={"listener": self.name, "backend": backend.address})
         for backend in change.draining:
             log.info(
@@ -251,6 +280,10 @@ class TcpListener:
             self.connections.add(conn)
             self._no_connections.clear()
             conn.started = self.loop.time()
+            if self.tls is not None and conn.proxied_peer is None:
+                # A TLS transport forgets its peer once closed, and the
+                # access line is written after that: keep it from now.
+                conn.proxied_peer = client_address(conn)
             self.admitted(conn)
 
     def _refuse(self, conn: ClientSide, reason: str) -> None:
@@ -281,8 +314,15 @@ class TcpListener:
         loop = self.loop
         tried: list[Backend] = []
         ctx = self.pick_context(conn) if self.pool.policy.needs else NO_CONTEXT
+        limit = self.per_backend_limit
+        full = False  # some backend was skipped for being at its limit
+        reason = ""
         while True:
-            backend = pool.pick(tried, ctx)
+            if limit is None:
+                backend = pool.pick(tried, ctx)
+            else:
+                backend, skipped = pick_open(pool, tried, ctx, limit)
+                full = full or skipped
             if backend is None:
                 break
             pool.acquire(backend)
@@ -296,7 +336,18 @@ class TcpListener:
             conn.connect_timed_out = False
             timer = loop.call_later(self.connect_timeout, _connect_timeout, conn)
             try:
-                transport, _ = await loop.create_connection(conn.new_upstream, backend.host, backend.port)
+                if self.upstream_ssl is None:
+                    transport, _ = await loop.create_connection(conn.new_upstream, backend.host, backend.port)
+                else:
+                    # The handshake is part of the connect: a backend whose
+                    # certificate fails verification is a failed connect.
+                    transport, _ = await loop.create_connection(
+                        conn.new_upstream,
+                        backend.host,
+                        backend.port,
+                        ssl=self.upstream_ssl,
+                        server_hostname=self.upstream_tls.server_name(backend.host),  # type: ignore[union-attr]
+                    )
             except asyncio.CancelledError:
                 if not conn.connect_timed_out:
                     self._release(backend)
@@ -306,6 +357,13 @@ class TcpListener:
                 tried.append(backend)
                 continue
             except OSError as exc:
+                if exc.errno in FD_EXHAUSTED:
+                    # Out of descriptors is this process's fault: blame no
+                    # backend, try no other (each would fail alike).
+                    self._release(backend)
+                    self.fd_exhausted(FD_EXHAUSTED[exc.errno], "connect")
+                    reason = "fd_exhausted"
+                    break
                 self._connect_failed(conn, backend, stats, t0, exc.strerror or str(exc))
                 tried.append(backend)
                 continue
@@ -314,6 +372,8 @@ class TcpListener:
             now = loop.time()
             stats.connect_seconds.observe(now - t0)
             pool.policy.observe(backend, now - t0)  # latency-aware policies learn from it
+            if self.outliers is not None:
+                self.outliers.success(backend)
             backend.total += 1
             if conn.finished:
                 # Both sides hung up while we were connecting: nothing to attach.
@@ -322,15 +382,17 @@ class TcpListener:
                 return
             conn.attach(backend, stats, transport, now)  # type: ignore[arg-type]
             return
-        # Every backend failed (or none was left): close before any byte went anywhere.
-        reason = "backends_failed" if tried else "no_backends"
+        # Every backend failed, was full (never queue: refuse now), or none was
+        # left: close before any byte went anywhere.
+        reason = reason or ("backends_full" if full else "backends_failed" if tried else "no_backends")
         self.stats.refuse(reason)
-        conn.reason = "connect_failed" if tried else "no_backends"
+        conn.reason = "connect_failed" if reason == "backends_failed" else reason
         conn.pending = None
         self.unserved(conn, reason)
 
     def _connect_failed(self, conn: ClientSide, backend: Backend, stats: BackendStats, t0: float, error: str) -> None:
         self._release(backend)
+        self.backend_failed(backend, error)
         stats.connect_errors += 1
         if error == "timeout":
             stats.connect_timeouts += 1
@@ -339,6 +401,53 @@ class TcpListener:
             "connect failed",
             extra={"listener": self.name, "backend": backend.address, "client": _peer(conn), "error": error},
         )
+
+    def fd_exhausted(self, reason: str, where: str) -> None:
+        """The process ran out of file descriptors serving this listener (see ``proxy.fdguard``)."""
+        self.fd_report.record(self.stats.accept_errors, reason, where, self.loop.time())
+
+    # -- passive outlier detection ------------------------------------------------
+
+    def backend_failed(self, backend: Backend, why: str) -> None:
+        """A connect (or a call start) failed on ``backend``: maybe eject it."""
+        outliers = self.outliers
+        if outliers is None or backend.state is not BackendState.READY or self.pool.get(backend.address) is not backend:
+            return
+        serving = [b for b in self.pool if b.state is BackendState.READY]
+        ejected = sum(1 for b in serving if b.ejected)
+        duration = outliers.failure(backend, len(serving), ejected, self.loop.time())
+        if duration is None:
+            return
+        self.pool.set_ejected(backend, True)
+        self.stats.ejections[backend.address] = self.stats.ejections.get(backend.address, 0) + 1
+        log.warning(
+            "backend ejected",
+            extra={
+                "listener": self.name,
+                "backend": backend.address,
+                "for_seconds": duration,
+                "after": f"{outliers.config.consecutive_failures} consecutive failures",
+                "last_error": why,
+            },
+        )
+        handle = self.loop.call_later(duration, self._ejection_over, backend)
+        self._timers.add(handle)
+
+    def backend_succeeded(self, backend: Backend) -> None:
+        if self.outliers is not None:
+            self.outliers.success(backend)
+
+    def _ejection_over(self, backend: Backend) -> None:
+        if not backend.ejected:
+            return
+        if self.outliers is not None:
+            self.outliers.returned(backend)
+        if self.pool.get(backend.address) is backend:
+            # Back in the picks; with slow_start it ramps up like a new pod.
+            self.pool.set_ejected(backend, False)
+            log.info("backend returned from ejection", extra={"listener": self.name, "backend": backend.address})
+        else:
+            backend.ejected = False
 
     def _release(self, backend: Backend) -> None:
         if self.pool.release(backend):
@@ -430,6 +539,9 @@ class TcpListener:
     def backend_extras(self, backend: Backend) -> dict[str, object]:
         """Protocol-specific fields of a backend in ``/backends``."""
         extras: dict[str, object] = {"health_reason": backend.health_reason} if backend.health_reason else {}
+        if self.outliers is not None:
+            extras["ejected"] = backend.ejected
+            extras["ejections"] = self.outliers.ejections(backend)
         warming = getattr(self.pool.policy, "warming", None)  # only with slow_start
         if warming is not None:
             extras["slow_start"] = warming(backend)

@@ -35,6 +35,7 @@ class ProxyCollector(Collector):
         yield from _http_families(listeners)
         yield from _grpc_families(listeners)
         yield from _balance_families(listeners)
+        yield from _tls_families(listeners)
         draining = GaugeMetricFamily("evenflow_draining", "1 while the process is shutting down.")
         draining.add_metric([], 1 if self._draining() else 0)
         yield draining
@@ -81,6 +82,11 @@ def _listener_families(listeners: Sequence[TcpListener]) -> Iterator[Metric]:
     refused = CounterMetricFamily(
         "evenflow_listener_refused_connections", "Client connections closed unserved, by reason.", labels=["listener", "reason"]
     )
+    accept_errors = CounterMetricFamily(
+        "evenflow_listener_accept_errors",
+        "Times the process was out of file descriptors for the listener's clients, by reason.",
+        labels=["listener", "reason"],
+    )
     spliced = CounterMetricFamily(
         "evenflow_listener_spliced_connections", "Connections moved to kernel splicing as bulk flows.", labels=["listener"]
     )
@@ -94,12 +100,14 @@ def _listener_families(listeners: Sequence[TcpListener]) -> Iterator[Metric]:
         spliced.add_metric([name], st.spliced)
         for reason, n in sorted(st.refused.items()):
             refused.add_metric([name, reason], n)
+        for reason, n in sorted(st.accept_errors.items()):
+            accept_errors.add_metric([name, reason], n)
         counts = {"ready": 0, "draining": 0}
         for backend in listener.backends():
             counts[backend.state.value] = counts.get(backend.state.value, 0) + 1
         for state_name, n in counts.items():
             backends.add_metric([name, state_name], n)
-    yield from (active, accepted, refused, spliced, backends)
+    yield from (active, accepted, refused, accept_errors, spliced, backends)
 
 
 def _discovery_families(listeners: Sequence[TcpListener]) -> Iterator[Metric]:
@@ -187,6 +195,10 @@ def _balance_families(listeners: Sequence[TcpListener]) -> Iterator[Metric]:
     cv = GaugeMetricFamily(
         "evenflow_imbalance_cv", "Coefficient of variation of weighted active load over ready backends.", labels=["listener"]
     )
+    ejections = CounterMetricFamily(
+        "evenflow_backend_ejections", "Times passive outlier detection ejected the backend.", labels=_BACKEND
+    )
+    ejected = GaugeMetricFamily("evenflow_backend_ejected", "1 while the backend is ejected.", labels=_BACKEND)
     moves = CounterMetricFamily(
         "evenflow_rebalance_moves", "Connections (or gRPC calls) the rebalancer moved off a backend.", labels=_BACKEND
     )
@@ -196,7 +208,31 @@ def _balance_families(listeners: Sequence[TcpListener]) -> Iterator[Metric]:
         cv.add_metric([listener.name], coefficient_of_variation(loads))
         for address, n in sorted(listener.stats.rebalance_moves.items()):
             moves.add_metric([listener.name, address], n)
-    yield from (ratio, cv, moves)
+        for address, n in sorted(listener.stats.ejections.items()):
+            ejections.add_metric([listener.name, address], n)
+        for backend in listener.backends():
+            ejected.add_metric([listener.name, backend.address], 1 if backend.ejected else 0)
+    yield from (ratio, cv, moves, ejections, ejected)
+
+
+def _tls_families(listeners: Sequence[TcpListener]) -> Iterator[Metric]:
+    errors = CounterMetricFamily(
+        "evenflow_tls_handshake_errors",
+        "Client TLS handshakes that failed: error (bad or no TLS), timeout (handshake_timeout), closed (client left).",
+        labels=["listener", "reason"],
+    )
+    reloads = CounterMetricFamily(
+        "evenflow_tls_reloads", "Certificate reloads, by result (failed: the previous one kept).", labels=["listener", "result"]
+    )
+    for listener in listeners:
+        tls = listener.tls
+        if tls is None:
+            continue
+        for reason in ("error", "timeout", "closed"):
+            errors.add_metric([listener.name, reason], tls.handshake_errors.get(reason, 0))
+        reloads.add_metric([listener.name, "ok"], tls.reloads)
+        reloads.add_metric([listener.name, "failed"], tls.reload_errors)
+    yield from (errors, reloads)
 
 
 def _add_histogram(family: HistogramMetricFamily, labels: list[str], hist: Histogram) -> None:

@@ -9,6 +9,9 @@ with no awaits, no logging and no allocation of its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 from typing import TYPE_CHECKING
 
 from proxy import splice
@@ -18,6 +21,8 @@ if TYPE_CHECKING:
     from proxy.listener import TcpListener
     from proxy.stats import BackendStats
 
+# SO_LINGER on with a zero timeout: close() sends RST instead of FIN.
+_LINGER_RESET = struct.pack("ii", 1, 0)
 # Per-direction write buffer high/low water marks. 256 KiB keeps a bulk
 # stream from pausing on every read (uvloop reads up to 256 KiB at a time),
 # and bounds a connection whose reader stalls to about 512 KiB of proxy
@@ -102,7 +107,7 @@ class UpstreamSide(_Side):
     def eof_received(self) -> bool:
         self.eof = True
         self.client.peer_eof(self, self.client)
-        return True
+        return _keeps_half_open(self.transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -211,13 +216,13 @@ class ClientSide(_Side):
             if self.pending_size > PENDING_LIMIT:
                 self.transport.resume_reading()
         if self.eof:
-            upstream.write_eof()
+            _half_close(upstream)
 
     def eof_received(self) -> bool:
         self.eof = True
         if self.out is not None:
             self.peer_eof(self, self.upstream)
-        return True
+        return _keeps_half_open(self.transport)
 
     # -- bulk flows ----------------------------------------------------------------
 
@@ -225,6 +230,8 @@ class ClientSide(_Side):
         self.bulk_reads += 1
         if self.bulk_reads != BULK_READS_TO_SPLICE or not splice.AVAILABLE:
             return
+        if self.listener.encrypted:
+            return  # TLS on either side: splicing would move ciphertext past the encryption
         up = self.upstream
         # A flow with one direction already finished (a download after the
         # client's FIN) moves too; its finished direction simply stays done.
@@ -250,7 +257,7 @@ class ClientSide(_Side):
         if other is None or not other.eof:
             out = side.out
             if out is not None and not out.is_closing():
-                out.write_eof()
+                _half_close(out)
             return
         # Both directions are done. close() flushes what is queued and then
         # sends the FIN itself, so no separate shutdown is needed.
@@ -273,7 +280,7 @@ class ClientSide(_Side):
             if exc is None or side.eof:
                 other.transport.close()
             else:
-                other.transport.abort()
+                _reset(other.transport)
         if client_side and self.connect_task is not None and not self.connect_task.done():
             self.connect_task.cancel()
         if self.lost and (self.upstream is None or self.upstream.lost or self.upstream.transport is None):
@@ -317,3 +324,30 @@ class ClientSide(_Side):
     @property
     def bytes_down(self) -> int:
         return self.upstream.bytes if self.upstream is not None else 0
+
+
+def _half_close(transport: asyncio.Transport) -> None:
+    """Pass a FIN on. TLS has no half-close (Python's ``ssl`` closes both
+    ways at close_notify), so a TLS side is closed after its buffer flushes."""
+    if transport.can_write_eof():
+        transport.write_eof()
+    else:
+        transport.close()
+
+
+def _keeps_half_open(transport: asyncio.Transport | None) -> bool:
+    # What eof_received answers: keep a plain socket half-open for the other
+    # direction; a TLS transport closes itself at close_notify regardless
+    # (and warns when told otherwise).
+    return transport is not None and transport.can_write_eof()
+
+
+def _reset(transport: asyncio.BaseTransport) -> None:
+    """Close with a TCP reset, not a FIN: a peer must never mistake a
+    crash on the other side for the clean end of a stream. (abort() alone
+    sends a FIN when nothing is left unread.)"""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    transport.abort()

@@ -65,7 +65,9 @@ class BackendStats:
 
 class ListenerStats:
     __slots__ = (
+        "accept_errors",
         "accepted",
+        "ejections",
         "endpoints_added",
         "endpoints_drained",
         "endpoints_removed",
@@ -88,8 +90,13 @@ class ListenerStats:
         self.http_errors: dict[int, int] = {}
         self.upgrades = 0
         self.spliced = 0  # connections moved to kernel splicing
-        # reason -> count; reasons: max_connections, no_backends, backends_failed, draining
+        # reason -> count; reasons: max_connections, no_backends, backends_failed, backends_full, fd_exhausted, draining
         self.refused: dict[str, int] = {}
+        # reason (emfile, enfile) -> times the process was out of file
+        # descriptors for this listener's clients (see proxy.fdguard)
+        self.accept_errors: dict[str, int] = {}
+        # backend address -> times passive outlier detection ejected it
+        self.ejections: dict[str, int] = {}
         # backend address -> connections (calls) the rebalancer moved off it
         self.rebalance_moves: dict[str, int] = {}
 

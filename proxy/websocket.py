@@ -24,6 +24,7 @@ from balancer.backend import Backend
 from balancer.policies import PickContext
 from balancer.rebalance import Movable, RebalanceConfig
 from proxy import http1, wsframe
+from proxy.limits import retry_after
 from proxy.listener import TcpListener, client_ip
 from proxy.relay import ClientSide, UpstreamSide
 
@@ -45,6 +46,7 @@ _STATUS_TEXT = {
     431: "request header fields too large",
     502: "bad gateway",
     503: "service unavailable",
+    504: "gateway timeout",
     505: "HTTP version not supported",
 }
 
@@ -113,7 +115,7 @@ class WsClientSide(ClientSide):
 
 
 class WsUpstreamSide(UpstreamSide):
-    __slots__ = ("close_code", "response", "switched", "tracker")
+    __slots__ = ("close_code", "response", "response_timer", "switched", "tracker")
 
     def __init__(self, client: ClientSide) -> None:
         super().__init__(client)
@@ -121,6 +123,30 @@ class WsUpstreamSide(UpstreamSide):
         self.tracker = wsframe.FrameTracker()
         self.switched = False
         self.close_code = 0
+        self.response_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        client = self.client
+        assert isinstance(client, WsClientSide)
+        if client.head is not None and client.head.is_websocket:
+            # A backend that accepts and never answers the Upgrade must not
+            # hold the client forever. Plain requests get no such bound: a
+            # long-poll legitimately waits for its answer.
+            listener = client.listener
+            self.response_timer = listener.loop.call_later(listener.handshake_timeout, self._response_late)  # type: ignore[attr-defined]
+
+    def _response_late(self) -> None:
+        self.response_timer = None
+        if self.response is not None and not self.lost:
+            self.response = None
+            self.client.listener.backend_timed_out(self.client)  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.response_timer is not None:
+            self.response_timer.cancel()
+            self.response_timer = None
+        super().connection_lost(exc)
 
     # Nothing reaches the client until the backend's response head has been
     # read and checked.
@@ -160,6 +186,9 @@ class WsUpstreamSide(UpstreamSide):
                 self.data_received(response.rest)
             return
         self.response = None
+        if self.response_timer is not None:
+            self.response_timer.cancel()
+            self.response_timer = None
         self.switched = True
         self.out = client.transport
         upgraded = http1.response_is_switching(head)
@@ -293,8 +322,10 @@ class WebSocketListener(TcpListener):
             conn.refused = reason
             self.admitted(conn)
             return
-        status = 502 if reason == "backends_failed" else 503
-        self._respond(conn, status, f"{self.name}: {reason.replace('_', ' ')}")
+        if reason == "backends_failed":
+            self._respond(conn, 502, f"{self.name}: backends failed")
+        else:
+            self._unavailable(conn, reason)
 
     def backend_draining(self, backend: Backend) -> None:
         victims = [c for c in self.connections if c.backend is backend]
@@ -326,7 +357,7 @@ class WebSocketListener(TcpListener):
     def head_received(self, conn: WsClientSide, head: http1.RequestHead, rest: bytes) -> None:
         self._cancel_handshake_timer(conn)
         if conn.refused is not None:
-            self._respond(conn, 503, f"{self.name}: {conn.refused.replace('_', ' ')}")
+            self._unavailable(conn, conn.refused)
             return
         ip = client_ip(conn) or "unknown"
         if head.is_websocket:
@@ -360,6 +391,12 @@ class WebSocketListener(TcpListener):
         if conn.upstream is not None and conn.upstream.transport is not None:
             conn.upstream.transport.abort()
 
+    def backend_timed_out(self, conn: ClientSide) -> None:
+        conn.reason = "backend_timeout"
+        self._respond(conn, 504, f"backend did not answer the upgrade within {self.handshake_timeout}s")
+        if conn.upstream is not None and conn.upstream.transport is not None:
+            conn.upstream.transport.abort()
+
     def response_received(self, conn: WsClientSide, head: http1.ResponseHead) -> None:
         if conn.upgraded:
             self.stats.upgrades += 1
@@ -374,6 +411,11 @@ class WebSocketListener(TcpListener):
             conn.handshake_timer.cancel()
             conn.handshake_timer = None
 
+    def _unavailable(self, conn: ClientSide, reason: str) -> None:
+        """503 with Retry-After: over a limit, draining, or no backend (RFC 9110 §15.6.4)."""
+        retry = str(retry_after(self.rng)).encode()
+        self._respond(conn, 503, f"{self.name}: {reason.replace('_', ' ')}", ((b"Retry-After", retry),))
+
     def _respond(self, conn: ClientSide, status: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         self.stats.http_errors[status] = self.stats.http_errors.get(status, 0) + 1
         conn.pending = None
@@ -384,7 +426,8 @@ class WebSocketListener(TcpListener):
         # A lingering close: FIN after the response, then keep reading (and
         # dropping) for a moment. Closing with unread request bytes would make
         # the kernel send a reset that can destroy the response in flight.
-        transport.write_eof()
+        if transport.can_write_eof():  # TLS has no half-close: there the linger timer alone ends it
+            transport.write_eof()
         self.loop.call_later(LINGER, _close_client, conn)
 
     def _spread_closes(self, conns: list[ClientSide], code: int, reason: str, window: float) -> None:

@@ -80,8 +80,15 @@ class GrpcServer:
     and ``/grpc.health.v1.Health/Check``, answering as ``serving`` says.
     """
 
-    def __init__(self, port: int | None = None, max_workers: int = 64, options: Sequence[tuple[str, Any]] = ()) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        max_workers: int = 64,
+        options: Sequence[tuple[str, Any]] = (),
+        credentials: grpc.ServerCredentials | None = None,  # TLS; None: plaintext
+    ) -> None:
         self.port = port or free_port()
+        self.credentials = credentials
         self.max_workers = max_workers
         self.options = [*GRPC_OPTIONS, *options]  # e.g. ("grpc.max_concurrent_streams", 5)
         self.lock = threading.Lock()
@@ -128,7 +135,10 @@ class GrpcServer:
                 grpc.method_handlers_generic_handler("grpc.health.v1.Health", health),
             )
         )
-        bound = server.add_insecure_port(self.address)
+        if self.credentials is None:
+            bound = server.add_insecure_port(self.address)
+        else:
+            bound = server.add_secure_port(self.address, self.credentials)
         assert bound == self.port, f"could not bind {self.address}"
         server.start()
         self.server = server

@@ -40,7 +40,9 @@ def cap(candidates: tuple[Backend, ...], backend: Backend, factor: float) -> int
     """ceil(c * (total + 1) * w / W), exactly; ceil(c * (total + 1) / n) for equal weights."""
     total = sum(b.active for b in candidates)
     weight = Fraction(backend.endpoint.weight, sum(b.endpoint.weight for b in candidates))
-    return math.ceil(Fraction(factor) * (total + 1) * weight)
+    # Fraction(str(...)): the factor the user wrote (1.1 is 11/10), as the
+    # policy reads it, not the binary float just above it.
+    return math.ceil(Fraction(str(factor)) * (total + 1) * weight)
 
 
 def test_is_a_policy() -> None:

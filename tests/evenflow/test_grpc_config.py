@@ -65,7 +65,7 @@ def test_health_check_shorthand_and_tcp_checks_on_any_protocol() -> None:
         (_grpc(protocol="tcp", serve_health=True), "listeners[0].serve_health", "only for protocol grpc"),
         (_grpc(protocol="websocket", max_concurrent_streams=5), "listeners[0].max_concurrent_streams", "only for protocol grpc"),
         (_grpc(protocol="tcp", health_check="grpc"), "listeners[0].health_check.type", "needs a grpc listener"),
-        (_grpc(health_check={"type": "http"}), "listeners[0].health_check.type", "expected one of"),
+        (_grpc(health_check={"type": "http"}), "listeners[0].health_check.type", "needs a tcp or websocket listener"),
         (
             _grpc(health_check={"type": "grpc", "interval": "1s", "timeout": "2s"}),
             "listeners[0].health_check.timeout",

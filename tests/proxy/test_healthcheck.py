@@ -1,5 +1,5 @@
-"""Active TCP health checks end to end, and failing open when every backend
-is unhealthy. (The gRPC check is tested with real gRPC servers in
+"""Active TCP and HTTP health checks end to end, and failing open when every
+backend is unhealthy. (The gRPC check is tested with real gRPC servers in
 ``test_grpc_lifecycle``.)"""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from tests.peers import HOST, ProxyProcess, free_port, start_backends, tcp_listener, wait_for
 
@@ -55,3 +56,71 @@ async def test_tcp_health_check_and_fail_open_when_every_backend_is_down(proxy: 
     assert len(doc["listeners"][0]["backends"]) == 2
     status, body = await p.aget("/readyz")
     assert status == 200 and b"no ready backends" not in body
+
+
+class HttpHealthBackend:
+    """An aiohttp server whose ``/healthz`` answers ``status``; records each probe's Host."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.status = 200
+        self.hosts: list[str] = []
+        self.runner: web.AppRunner | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    async def start(self) -> HttpHealthBackend:
+        async def healthz(request: web.Request) -> web.Response:
+            self.hosts.append(request.headers.get("Host", ""))
+            return web.Response(status=self.status, text="health\n")
+
+        app = web.Application()
+        app.router.add_get("/healthz", healthz)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, HOST, self.port).start()
+        return self
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+@pytest.mark.timeout(60)
+async def test_http_health_check_follows_the_status(proxy: Callable[..., ProxyProcess]) -> None:
+    good, sick = HttpHealthBackend(), HttpHealthBackend()
+    await good.start()
+    await sick.start()
+    sick.status = 503
+    port = free_port()
+    check = {"type": "http", "path": "/healthz", "expected_status": ["200-299", 304], "host": "health.example", **FAST}
+    p = proxy({"listeners": [tcp_listener(port, [good.address, sick.address], health_check=check)]})
+
+    async def states() -> dict[str, tuple[str, str]]:
+        return await _health(p)
+
+    async def sick_out() -> bool:
+        health = await states()
+        return health[sick.address][0] == "unhealthy" and health[good.address][0] == "healthy"
+
+    await wait_for(sick_out, timeout=10)
+    assert (await states())[sick.address][1] == "http check: HTTP 503 from GET /healthz"
+    assert set(good.hosts) == {"health.example"}
+    # A status in the list brings it back after healthy_threshold probes.
+    sick.status = 304
+
+    async def sick_back() -> bool:
+        return (await states())[sick.address][0] == "healthy"
+
+    await wait_for(sick_back, timeout=10)
+    # A backend that is not HTTP at all fails the check with a reason.
+    await good.stop()
+
+    async def good_out() -> bool:
+        health, reason = (await states())[good.address]
+        return health == "unhealthy" and reason.startswith("http check")
+
+    await wait_for(good_out, timeout=10)
+    await sick.stop()
