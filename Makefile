@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TEST_DEBS := redis-server:redis-server redis-cli:redis-tools redis-benchmark:redis-tools sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client knotd:knot openssl:openssl
 BENCH_DEBS := haproxy:haproxy nginx:nginx taskset:util-linux
 
-.PHONY: demo test test-slow lint bench venv clean
+.PHONY: demo test test-slow lint bench venv clean deploy-check
 
 $(BIN)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ bench: $(BIN)/.bench
 	$(BIN)/python benchmarks/ws_bench.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/grpc_bench.py $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.balance --simulate
+
+deploy-check: $(BIN)/.dev
+	scripts/check-deploy
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -342,7 +342,7 @@ def _keeps_half_open(transport: asyncio.Transport | None) -> bool:
     return transport is not None and transport.can_write_eof()
 
 
-def _reset(transport: asyncio.BaseTransport) -> None:
+def _reset(transport: asyncio.Transport) -> None:
     """Close with a TCP reset, not a FIN: a peer must never mistake a
     crash on the other side for the clean end of a stream. (abort() alone
     sends a FIN when nothing is left unread.)"""
