@@ -86,8 +86,24 @@ def _static(body: Any, where: str) -> StaticBackends:
         raise ConfigError(where, 'expected a list of "host:port"')
     endpoints = []
     for i, entry in enumerate(body):
-        hp = parse_hostport(entry, f"{where}[{i}]")
-        endpoints.append(Endpoint(hp.host, hp.port))
+        path = f"{where}[{i}]"
+        weight: Any = 1
+        # "host:port", "host:port WEIGHT" (as in a backends file), or
+        # {address: "host:port", weight: N}.
+        if isinstance(entry, dict):
+            check_keys(entry, ("address", "weight"), path)
+            if "address" not in entry:
+                raise ConfigError(f"{path}.address", "missing")
+            address, weight = entry["address"], entry.get("weight", 1)
+        elif isinstance(entry, str) and " " in entry.strip():
+            address, _, weight_text = entry.strip().partition(" ")
+            weight = int(weight_text) if weight_text.strip().isdigit() else weight_text.strip()
+        else:
+            address = entry
+        hp = parse_hostport(address, path)
+        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
+            raise ConfigError(path, f"weight must be a whole number >= 1, got {weight!r}")
+        endpoints.append(Endpoint(hp.host, hp.port, weight))
     return StaticBackends(tuple(endpoints))
 
 

@@ -191,3 +191,30 @@ def test_listener_level_errors(listener: dict[str, object], path: str, why: str)
         parse_config({"listeners": [listener]})
     assert info.value.path == path
     assert why in str(info.value)
+
+
+def test_static_backends_take_weights_in_either_form() -> None:
+    listener = {
+        "name": "a",
+        "listen": "127.0.0.1:1",
+        "backends": {"static": ["10.0.0.1:80", "10.0.0.2:80 3", {"address": "10.0.0.3:80", "weight": 2}]},
+    }
+    (lc,) = parse_config({"listeners": [listener]}).listeners
+    assert [(e.address, e.weight) for e in lc.backends.endpoints] == [("10.0.0.1:80", 1), ("10.0.0.2:80", 3), ("10.0.0.3:80", 2)]
+
+
+@pytest.mark.parametrize(
+    ("entry", "path", "why"),
+    [
+        ("10.0.0.1:80 heavy", "listeners[0].backends.static[0]", "weight must be a whole number"),
+        ({"address": "10.0.0.1:80", "weight": 0}, "listeners[0].backends.static[0]", "weight must be a whole number"),
+        ({"weight": 2}, "listeners[0].backends.static[0].address", "missing"),
+        ({"address": "10.0.0.1:80", "wieght": 2}, "listeners[0].backends.static[0].wieght", "unknown key"),
+    ],
+)
+def test_bad_static_weights_name_their_entry(entry: object, path: str, why: str) -> None:
+    listener = {"name": "a", "listen": "127.0.0.1:1", "backends": {"static": [entry]}}
+    with pytest.raises(ConfigError) as info:
+        parse_config({"listeners": [listener]})
+    assert info.value.path == path
+    assert why in str(info.value)
