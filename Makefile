@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # program:package pairs for the real protocol peers in the tests
-TEST_DEBS := redis-server:redis-server redis-cli:redis-tools redis-benchmark:redis-tools sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client knotd:knot openssl:openssl
+TEST_DEBS := redis-server:redis-server redis-cli:redis-tools redis-benchmark:redis-tools sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client knotd:knot openssl:openssl chromium:chromium
 BENCH_DEBS := haproxy:haproxy nginx:nginx taskset:util-linux
 
 .PHONY: demo test test-slow lint bench venv clean deploy-check

@@ -1,4 +1,4 @@
-"""``evenflow`` command line: ``run`` the proxy, ``check`` a config.
+"""``evenflow`` command line: ``run`` the proxy, ``check`` a config, ``top`` to watch one.
 
 Exit codes: 0 success; 1 a runtime failure (e.g. a port in use, or a second
 signal forcing exit); 2 a usage or config error.
@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="watch Evenflow balance long-lived connections (no cluster needed)")
     demo.add_argument("--duration", type=float, default=30.0, help="seconds to run (default: 30)")
     demo.add_argument("--admin", default="127.0.0.1:9901", help="admin address (default: 127.0.0.1:9901)")
+
+    top = sub.add_parser("top", help="watch a running proxy's backends in the terminal")
+    top.add_argument("--admin", metavar="HOST:PORT", default="127.0.0.1:9901", help="admin address (default: 127.0.0.1:9901)")
+    top.add_argument("--interval", metavar="S", type=float, default=1.0, help="seconds between redraws (default: 1)")
+    top.add_argument("--once", action="store_true", help="print one frame and exit")
+    top.add_argument("--token", help="admin bearer token (default: $EVENFLOW_ADMIN_TOKEN)")
     return parser
 
 
@@ -93,6 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from evenflow.demo import run_demo
 
         return run_demo(duration=args.duration, admin=args.admin)
+    if args.command == "top":
+        from evenflow.top import run_top
+
+        if args.interval <= 0:
+            print("evenflow: --interval must be positive", file=sys.stderr)
+            return EXIT_CONFIG
+        return run_top(args.admin, interval=args.interval, once=args.once, token=args.token)
     try:
         config = load_config(args)
     except ConfigError as exc:

@@ -3,7 +3,8 @@
 Read-only: nothing here changes proxy state. Served by aiohttp on the same
 loop as the data plane; a scrape costs one pass over the live connections.
 With a token, every endpoint but the probes asks for ``Authorization: Bearer``
-(the token itself is never logged or echoed).
+(the token itself is never logged or echoed). The live page at ``/`` and its
+event stream live in ``proxy.dashboard``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from balancer.rebalance import coefficient_of_variation, imbalance
+from proxy.dashboard import Dashboard
 from proxy.metrics import ProxyCollector, make_registry
 
 if TYPE_CHECKING:
@@ -35,6 +37,8 @@ class AdminState:
         self.serving = False
         self.draining = False
         self.registry: CollectorRegistry = make_registry([ProxyCollector(listeners, lambda: self.draining)])
+        #: The live page at ``/`` and its ``/events`` stream (idle unless watched).
+        self.dashboard = Dashboard(listeners, backends_view)
 
 
 def backends_view(listeners: Sequence[TcpListener]) -> dict[str, Any]:
@@ -154,6 +158,8 @@ def make_app(state: AdminState, token: str | None = None) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/backends", backends)
+    # The page, its assets and /events: behind the same token as /backends.
+    state.dashboard.install(app)
     return app
 
 

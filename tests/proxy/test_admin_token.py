@@ -57,7 +57,8 @@ async def test_token_file_guards_everything_but_the_probes(start: Callable[..., 
     )
     for path in ("/healthz", "/readyz"):
         assert _get(p, path)[0] == 200
-    for path in ("/metrics", "/backends", "/nowhere"):
+    # The dashboard (page, assets, event stream) follows the rule of /backends.
+    for path in ("/metrics", "/backends", "/nowhere", "/", "/events", "/dashboard/app.js"):
         status, headers, _ = _get(p, path)
         assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer"), path
         status, headers, _ = _get(p, path, "Bearer " + TOKEN[:-1] + "x")
@@ -67,6 +68,7 @@ async def test_token_file_guards_everything_but_the_probes(start: Callable[..., 
     assert _get(p, "/metrics", "Bearer " + TOKEN)[0] == 200
     assert _get(p, "/backends", "bearer " + TOKEN)[0] == 200  # the scheme is case-insensitive
     assert _get(p, "/nowhere", "Bearer " + TOKEN)[0] == 404
+    assert _get(p, "/", "Bearer " + TOKEN)[0] == 200
     assert TOKEN not in p.log_text()
     await backend.stop()
 
