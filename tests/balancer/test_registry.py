@@ -33,6 +33,7 @@ pick_op = st.tuples(
     st.sampled_from(["10.9.0.1", "10.9.0.2", "10.9.0.3", None]),
 )
 release_op = st.tuples(st.just("release"), st.integers(0, 1000))
+eject_op = st.tuples(st.just("eject"), st.sampled_from(PORTS), st.booleans())
 
 
 def snapshot(ports: frozenset[int], weights: dict[int, int], terminating: set[int]) -> EndpointSet:
@@ -43,7 +44,7 @@ def snapshot(ports: frozenset[int], weights: dict[int, int], terminating: set[in
 @pytest.mark.parametrize("name", sorted(POLICIES))
 @settings(max_examples=60, deadline=None)
 @given(
-    ops=st.lists(st.one_of(apply_op, health_op, pick_op, pick_op, pick_op, release_op), min_size=1, max_size=60),
+    ops=st.lists(st.one_of(apply_op, health_op, eject_op, pick_op, pick_op, pick_op, release_op), min_size=1, max_size=60),
     weights=st.lists(st.integers(1, 5), min_size=6, max_size=6),
     seed=st.integers(0, 2**32),
 )
@@ -65,6 +66,11 @@ def test_picks_only_allowed_eligible_backends_and_never_none_when_one_is(
             backend = pool.get(f"10.0.3.1:{port}")
             if backend is not None:
                 pool.set_health(backend, Health.HEALTHY if healthy else Health.UNHEALTHY)
+        elif kind == "eject":
+            _, port, out = op
+            backend = pool.get(f"10.0.3.1:{port}")
+            if backend is not None:
+                pool.set_ejected(backend, bool(out))
         elif kind == "release":
             if live:
                 pool.release(live.pop(op[1] % len(live)))  # type: ignore[operator]
@@ -80,7 +86,10 @@ def test_picks_only_allowed_eligible_backends_and_never_none_when_one_is(
                 continue
             assert picked in allowed
             assert picked.state is BackendState.READY
-            assert picked.health is not Health.UNHEALTHY or pool.panic
+            # Unhealthy or ejected only when nothing else is left (the pool fails open).
+            failing_open = not any(b.eligible for b in pool)
+            assert picked.eligible or failing_open
+            assert picked.health is not Health.UNHEALTHY or pool.panic or failing_open
             pool.acquire(picked)
             pool.policy.observe(picked, 0.001 * picked.active)
             live.append(picked)
