@@ -43,21 +43,8 @@ class PowerOfTwoChoices:
         n = len(candidates)
         if n < 2:
             return candidates[0] if n else None
-        table = self._table
-        if candidates is not table.synced_for:
-            table.sync(candidates)
         rand = self._random
-        if table.uniform:
-            # Inlined WeightTable.index/other for the common equal-weights
-            # case: two method calls are a fifth of the pick.
-            i = int(rand() * n)
-            j = int(rand() * (n - 1))
-            a = candidates[i]
-            b = candidates[j + 1 if j >= i else j]
-        else:
-            i = table.index(rand(), n)
-            a = candidates[i]
-            b = candidates[table.other(i, rand(), n)]
+        a, b = self._table.pair(candidates, rand)
         # a.active / a.weight vs b.active / b.weight, cross-multiplied.
         lhs = a.active * b.weight
         rhs = b.active * a.weight

@@ -13,7 +13,7 @@ keep any state beyond that cache, or look at loads.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import accumulate
 
 from balancer.backend import Backend
@@ -76,3 +76,18 @@ class WeightTable:
         # Rounding can land on the cut-out segment's edge; its neighbour is
         # the draw's true owner then.
         return i if i != first else (i + 1) % n
+
+    def pair(self, candidates: Sequence[Backend], rand: Callable[[], float]) -> tuple[Backend, Backend]:
+        """Two distinct candidates drawn by weight (``len(candidates)`` >= 2):
+        the power-of-two-choices draw ``p2c`` and ``peak_ewma`` share."""
+        if candidates is not self.synced_for:
+            self.sync(candidates)
+        n = len(candidates)
+        if self.uniform:
+            # index()/other() inlined for the common equal-weights case: two
+            # method calls would be a fifth of the pick.
+            i = int(rand() * n)
+            j = int(rand() * (n - 1))
+            return candidates[i], candidates[j + 1 if j >= i else j]
+        i = self.index(rand(), n)
+        return candidates[i], candidates[self.other(i, rand(), n)]
