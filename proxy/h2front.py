@@ -15,6 +15,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from proxy.grpcwire import PREFACE, Status, looks_like_http1
+from proxy.h2side import H2Side
 from proxy.http2 import (
     Connection,
     ConnectionTerminated,
@@ -48,18 +49,14 @@ _HTTP1_REPLY = (
 )
 
 
-class FrontConnection(asyncio.Protocol):
+class FrontConnection(H2Side):
     __slots__ = (
         "backend",
-        "blocked",
         "bytes_down",
         "bytes_up",
-        "conn",
-        "dirty",
         "finished",
         "goaway_sent",
         "listener",
-        "paused",
         "pending",
         "preface",
         "proxied_peer",
@@ -67,8 +64,6 @@ class FrontConnection(asyncio.Protocol):
         "proxy_timer",
         "reason",
         "started",
-        "streams",
-        "transport",
     )
 
     def __init__(self, listener: GrpcListener) -> None:
@@ -81,11 +76,10 @@ class FrontConnection(asyncio.Protocol):
         )
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, ProxiedStream] = {}
-        # Streams with bytes queued for this connection that its windows (or
-        # a full socket buffer) hold back; woken when they open.
         self.blocked: set[ProxiedStream] = set()
         self.paused = False
         self.dirty = False
+        self.flusher = listener.flusher
         self.finished = False
         self.goaway_sent = False
         self.preface: bytes | None = b""  # the first bytes, until they prove to be HTTP/2
@@ -221,23 +215,6 @@ class FrontConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def _window_opened(self, stream_id: int) -> None:
-        if stream_id:
-            stream = self.streams.get(stream_id)
-            if stream is not None:
-                stream.pump_down()
-        else:
-            for stream in list(self.blocked):
-                stream.pump_down()
-
-    def pause_writing(self) -> None:
-        self.paused = True
-
-    def resume_writing(self) -> None:
-        self.paused = False
-        for stream in list(self.blocked):
-            stream.pump_down()
-
     def connection_lost(self, exc: Exception | None) -> None:
         self.finished = True
         self.transport = None
@@ -252,11 +229,8 @@ class FrontConnection(asyncio.Protocol):
 
     # -- writing ---------------------------------------------------------------
 
-    def mark(self) -> None:
-        """Queue this connection's pending frames for the end of this loop turn."""
-        if not self.dirty:
-            self.dirty = True
-            self.listener.flusher.add(self)
+    def _pump(self, stream: ProxiedStream) -> None:
+        stream.pump_down()
 
     def flush(self) -> None:
         self.dirty = False

@@ -18,6 +18,7 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING
 
+from proxy.h2side import H2Side
 from proxy.http2 import (
     Connection,
     ConnectionTerminated,
@@ -45,21 +46,15 @@ HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(H2Side):
     __slots__ = (
-        "blocked",
         "closing",
-        "conn",
         "connected_at",
-        "dirty",
         "goaway",
         "limit_hint",
         "lost",
-        "paused",
         "pool",
         "ready",
-        "streams",
-        "transport",
         "waiting",
     )
 
@@ -74,8 +69,6 @@ class UpstreamConnection(asyncio.Protocol):
         )
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, ProxiedStream] = {}
-        # Streams with bytes queued for this connection that its windows (or
-        # a full socket buffer) hold back; woken when they open.
         self.blocked: set[ProxiedStream] = set()
         # Streams assigned before the connection was up (or while it was full).
         self.waiting: deque[ProxiedStream] = deque()
@@ -85,6 +78,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.lost = False
         self.paused = False
         self.dirty = False
+        self.flusher = pool.listener.flusher
         self.connected_at = 0.0
         # A lower stream limit learned from REFUSED_STREAM than SETTINGS gave.
         self.limit_hint: int | None = None
@@ -190,15 +184,6 @@ class UpstreamConnection(asyncio.Protocol):
                     self._goaway_received(event.last_stream_id, event.error_code)
         self.mark()
 
-    def _window_opened(self, stream_id: int) -> None:
-        if stream_id:
-            stream = self.streams.get(stream_id)
-            if stream is not None:
-                stream.pump_up()
-        else:
-            for stream in list(self.blocked):
-                stream.pump_up()
-
     def _goaway_received(self, last_stream_id: int | None, code: int) -> None:
         self.goaway = True
         pool = self.pool
@@ -222,14 +207,6 @@ class UpstreamConnection(asyncio.Protocol):
             self.waiting.remove(stream)
             pool.reassign(stream)
         self._close_if_idle()
-
-    def pause_writing(self) -> None:
-        self.paused = True
-
-    def resume_writing(self) -> None:
-        self.paused = False
-        for stream in list(self.blocked):
-            stream.pump_up()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -260,10 +237,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- writing and ends ------------------------------------------------------
 
-    def mark(self) -> None:
-        if not self.dirty:
-            self.dirty = True
-            self.pool.listener.flusher.add(self)
+    def _pump(self, stream: ProxiedStream) -> None:
+        stream.pump_up()
 
     def flush(self) -> None:
         self.dirty = False
