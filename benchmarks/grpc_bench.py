@@ -25,11 +25,9 @@ time on its own (deadlines, a lifetime, and death with its parent).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -307,63 +305,11 @@ class GrpcSession(harness.Session):
             flush=True,
         )
 
-    def finish(
-        self,
-        plan: list[Workload],
-        summary: dict[str, dict[str, dict[str, Any]]],
-        rows: list[dict[str, Any]],
-        extra: dict[str, Any],
-    ) -> int:
-        """harness.Session.finish with this suite's tables (NGINX columns, ratios to NGINX); same JSON layout."""
-        args = self.args
-        titles = {w.key: w.title for w in plan}
-        table = markdown(rows, titles)
-        busy = busy_markdown(summary, titles)
-        elapsed = time.monotonic() - self.started
-        print("\n## Results: median (min-max)\n")
-        print(table)
-        print("\n## Proxy core load during the measured window (median)\n")
-        print(busy)
-        errors = [
-            f"{w}/{s}: {e['failed']} failed runs, {e['errors']} errors"
-            for w, ss in summary.items()
-            for s, e in ss.items()
-            if e["failed"] or e["errors"]
-        ]
-        if errors:
-            print("\nWarnings: " + "; ".join(errors))
-
-        out_path = args.output or harness.RESULTS / f"{self.name}-{self.started_at.strftime('%Y%m%d-%H%M%S')}.json"
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        doc = {
-            "started_at": self.started_at.isoformat(),
-            "elapsed_s": round(elapsed, 1),
-            "argv": sys.argv,
-            "mode": "quick" if args.quick else "full",
-            "repeat": args.repeat,
-            "pinning": {
-                "description": self.pinning,
-                "load_cpus": sorted(self.load_cpus or []),
-                "proxy_cpus": sorted(self.proxy_cpus or []),
-            },
-            "machine": self.machine,
-            **extra,
-            "runs": self.runs,
-            "discarded_runs": self.discarded,
-            "quiet_waited_s": round(self.quiet_waited, 1),
-            "summary": summary,
-            "table": rows,
-            "markdown": table,
-        }
-        out_path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-        if self.discarded or self.quiet_waited >= 1.0:
-            print(
-                f"\nNote: waited {self.quiet_waited:.0f} s for idle CPUs; "
-                f"{len(self.discarded)} measurement(s) discarded for other load."
-            )
-        print(f"\nResults: {out_path} ({elapsed:.0f} s)")
-        failed = [r for r in rows if r["pass"] is False]
-        return 1 if args.check and failed else 0
+    def tables(
+        self, rows: list[dict[str, Any]], summary: dict[str, dict[str, dict[str, Any]]], titles: dict[str, str]
+    ) -> tuple[str, str]:
+        """This suite's tables: NGINX columns, ratios to NGINX."""
+        return markdown(rows, titles), busy_markdown(summary, titles)
 
 
 def sanity(session: GrpcSession, chosen: dict[str, systems.System], backends: harness.Backends) -> dict[str, dict[str, Any]]:

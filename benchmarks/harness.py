@@ -300,6 +300,12 @@ class Session:
 
     # -- output ----------------------------------------------------------------------
 
+    def tables(
+        self, rows: list[dict[str, Any]], summary: dict[str, dict[str, dict[str, Any]]], titles: dict[str, str]
+    ) -> tuple[str, str]:
+        """The results table and the proxy-core load table (a suite with other columns overrides this)."""
+        return report.markdown(rows, titles), report.busy_markdown(summary, titles)
+
     def finish(
         self,
         plan: list[Workload],
@@ -310,8 +316,7 @@ class Session:
         """Print the tables and warnings, write the JSON (``extra`` goes after the machine), return the exit code."""
         args = self.args
         titles = {w.key: w.title for w in plan}
-        table = report.markdown(rows, titles)
-        busy = report.busy_markdown(summary, titles)
+        table, busy = self.tables(rows, summary, titles)
         elapsed = time.monotonic() - self.started
         print("\n## Results: median (min-max)\n")
         print(table)
