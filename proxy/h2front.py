@@ -211,7 +211,7 @@ class FrontConnection(H2Side):
         with contextlib.suppress(Http2Error):
             self.conn.close_connection(error_code=code, additional_data=str(exc).encode()[:256])
         self.flush()
-        self._fail_streams("client connection failed")
+        self._cancel_streams()
         if self.transport is not None:
             self.transport.close()
 
@@ -220,10 +220,11 @@ class FrontConnection(H2Side):
         self.transport = None
         if self.reason is None:
             self.reason = "client_closed" if exc is None else "client_reset"
-        self._fail_streams("client connection closed")
+        self._cancel_streams()
         self.listener.finished(self)  # type: ignore[arg-type]
 
-    def _fail_streams(self, why: str) -> None:
+    def _cancel_streams(self) -> None:
+        """The client is gone: its calls are cancelled towards the backends."""
         for stream in list(self.streams.values()):
             stream.client_reset(ErrorCode.CANCEL)
 
