@@ -50,9 +50,10 @@ OPEN_BATCH = 500  # connections opened concurrently: stays under the listen back
 #   baseline and after each round, and the trimmed RSS must come back within
 #   RSS_SLACK_KIB of the trimmed baseline (pymalloc arenas and caches that
 #   stay; about 1 KiB a connection at most);
-# - a leak grows with every round, slack does not: the second round may end
-#   at most ROUND_GROWTH_KIB above the first (trimmed when gdb is there, raw
-#   RSS otherwise, whose noise is a few MiB).
+# - a leak grows with every round, slack does not: the third round may end
+#   at most ROUND_GROWTH_KIB above the second (trimmed, when gdb is there);
+#   raw RSS, whose noise is a few MiB, and the peaks may grow at most
+#   RAW_ROUND_GROWTH_KIB from the first round to the second.
 ROUND_GROWTH_KIB = 4 * 1024
 RAW_ROUND_GROWTH_KIB = 8 * 1024
 RSS_SLACK_KIB = 12 * 1024
@@ -194,7 +195,7 @@ async def test_ten_thousand_connections_leave_no_fd_or_memory_behind(proxy, reco
         baseline_trimmed = await trimmed_rss(p)
 
         rounds: list[dict[str, float]] = []
-        for round_no in (1, 2):
+        for round_no in (1, 2, 3):
             t0 = time.monotonic()
             conns = await open_and_echo(port, n)
             opened = time.monotonic() - t0
@@ -235,10 +236,13 @@ async def test_ten_thousand_connections_leave_no_fd_or_memory_behind(proxy, reco
         (tmp_path / "soak.json").write_text(json.dumps(summary, indent=2))
 
         assert open_fds(pid) <= baseline_fds
-        first, second = rounds
-        if baseline_trimmed is not None and first["after_trim_rss_kib"] and second["after_trim_rss_kib"]:
+        # The first full round still settles allocator arenas (one CI run saw
+        # it end 5 MiB above a later one's start); a leak keeps growing, so
+        # the growth bound is judged between the second and third rounds.
+        first, second, third = rounds
+        if baseline_trimmed is not None and all(r["after_trim_rss_kib"] for r in rounds):
             assert first["after_trim_rss_kib"] - baseline_trimmed <= RSS_SLACK_KIB, summary
-            assert second["after_trim_rss_kib"] - first["after_trim_rss_kib"] <= ROUND_GROWTH_KIB, summary
+            assert third["after_trim_rss_kib"] - second["after_trim_rss_kib"] <= ROUND_GROWTH_KIB, summary
         else:
             assert second["after_rss_kib"] - first["after_rss_kib"] <= RAW_ROUND_GROWTH_KIB, summary
         assert second["peak_rss_kib"] - first["peak_rss_kib"] <= RAW_ROUND_GROWTH_KIB, summary
