@@ -147,5 +147,24 @@ class LeastConnections:
                     best, best_active, best_weight = backend, active, weight
         return best
 
+    def contended(self, backend: Backend, candidates: Sequence[Backend], exclude: Collection[Backend]) -> bool:
+        """Workers sharing counts: did another worker add to ``backend`` at the same moment?"""
+        return contended_least_loaded(backend, candidates, exclude)
+
     def observe(self, backend: Backend, seconds: float) -> None:
         """Latency plays no part here."""
+
+
+def contended_least_loaded(backend: Backend, candidates: Sequence[Backend], exclude: Collection[Backend]) -> bool:
+    """True when ``backend``, not counting the connection just added to it,
+    carries more weighted load than another candidate: another worker added
+    to it at the same moment (see ``balancer.shared_load.SharedPool.pick``)."""
+    mine = backend.active - 1
+    weight = backend.weight
+    for other in candidates:
+        if other is backend or (exclude and other in exclude):
+            continue
+        # mine / weight > other.active / other.weight, cross-multiplied.
+        if mine * other.weight > other.active * weight:
+            return True
+    return False

@@ -11,7 +11,7 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 
 from balancer.backend import Backend, BackendState
-from balancer.endpoint import EndpointSet
+from balancer.endpoint import Endpoint, EndpointSet
 from balancer.health import Health
 from balancer.policies import NO_CONTEXT, PickContext, Policy
 
@@ -53,7 +53,7 @@ class BackendPool:
             backend = self._backends.get(endpoint.address)
             if backend is None:
                 if not endpoint.terminating:  # a terminating stranger has nothing to keep
-                    backend = self._backends[endpoint.address] = Backend(endpoint)
+                    backend = self._backends[endpoint.address] = self.new_backend(endpoint)
                     change.added.append(backend)
                 continue
             backend.endpoint = endpoint
@@ -71,6 +71,13 @@ class BackendPool:
                 self._retire(backend, now, change)
         self._refresh()
         return change
+
+    def new_backend(self, endpoint: Endpoint) -> Backend:
+        return Backend(endpoint)
+
+    def held(self, backend: Backend) -> int:
+        """Connections this process holds on ``backend`` (what keeps a draining one here)."""
+        return backend.active
 
     def _refresh(self) -> None:
         eligible = tuple(b for b in self._backends.values() if b.eligible)
@@ -102,7 +109,7 @@ class BackendPool:
     def _retire(self, backend: Backend, now: float, change: PoolChange) -> None:
         if backend.state is BackendState.DRAINING:
             return
-        if backend.active == 0:
+        if self.held(backend) == 0:
             del self._backends[backend.address]
             change.removed.append(backend)
         else:
@@ -130,10 +137,16 @@ class BackendPool:
     def release(self, backend: Backend) -> bool:
         """Undo ``acquire``; True when this removed a fully drained backend."""
         backend.active -= 1
-        if backend.active or backend.state is not BackendState.DRAINING or self._backends.get(backend.address) is not backend:
+        return self._forget_if_drained(backend)
+
+    def _forget_if_drained(self, backend: Backend) -> bool:
+        if self.held(backend) or backend.state is not BackendState.DRAINING or self._backends.get(backend.address) is not backend:
             return False
         del self._backends[backend.address]
         return True
+
+    def unpick(self) -> None:
+        """The last pick will not be acquired (a caller skipped it)."""
 
     # -- views -------------------------------------------------------------
 

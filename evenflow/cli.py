@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -17,6 +18,9 @@ from evenflow.config import Config, ConfigError, Overrides, apply_overrides, loa
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
+
+# Set by a supervisor in its workers' environment (see evenflow.worker.ENV).
+WORKER_ENV = "EVENFLOW_WORKER"
 
 log = logging.getLogger("evenflow")
 
@@ -65,6 +69,9 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-connections", metavar="N", type=int, help="per-listener connection limit (default: 8192)")
     p.add_argument("--policy", metavar="NAME", help="placement policy (default: least_connections)")
     p.add_argument("--protocol", choices=("tcp", "websocket", "grpc"), help="listener protocol (default: tcp)")
+    p.add_argument(
+        "--workers", metavar="N|auto", help="worker processes sharing the ports and one load view (default: 1; auto: CPU quota)"
+    )
 
 
 def load_config(args: argparse.Namespace) -> Config:
@@ -82,6 +89,7 @@ def load_config(args: argparse.Namespace) -> Config:
             max_connections=args.max_connections,
             policy=args.policy,
             protocol=args.protocol,
+            workers=args.workers,
         ),
     )
 
@@ -94,6 +102,7 @@ def _source_flag(args: argparse.Namespace) -> tuple[str, str] | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         from evenflow.demo import run_demo
@@ -116,7 +125,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"config ok: {len(config.listeners)} listener(s): {listeners}; admin {config.admin}")
         return EXIT_OK
     logs.setup(args.log_level, args.log_format)
+    spec = os.environ.get(WORKER_ENV)
+    if spec is not None:
+        from evenflow.worker import WorkerSpec, run_worker
+
+        return run_worker(config, WorkerSpec.decode(spec))
+    workers = worker_count(config)
+    if workers > 1:
+        from evenflow.supervisor import run_supervisor
+
+        return run_supervisor(config, argv, workers)
     return run(config)
+
+
+def worker_count(config: Config) -> int:
+    if config.workers == "auto":
+        from evenflow.cpus import usable_cpus
+
+        return usable_cpus()
+    return int(config.workers)
 
 
 def run(config: Config) -> int:

@@ -143,11 +143,15 @@ class Config:
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     #: bearer token the admin API asks for (all but /healthz, /readyz); never in a repr
     admin_token: str | None = field(default=None, repr=False)
+    #: worker processes: a count, or "auto" (the CPUs the cgroup quota allows); 1 = no supervisor
+    workers: int | str = 1
+    #: workers place by the pod's load (the shared table); false: each by its own
+    shared_load: bool = True
 
 
 # -- document parsers ------------------------------------------------------------
 
-_TOP_KEYS = ("admin", "drain_timeout", "listeners")
+_TOP_KEYS = ("admin", "drain_timeout", "listeners", "workers", "shared_load")
 _ADMIN_KEYS = ("listen", "token", "token_file")
 _LISTENER_KEYS = (
     "name",
@@ -210,7 +214,33 @@ def parse_config(data: Any) -> Config:
         raise ConfigError("listeners", "expected a non-empty list of listeners")
     listeners = tuple(_parse_listener(item, f"listeners[{i}]", drain) for i, item in enumerate(raw_listeners))
     _check_unique(listeners)
-    return Config(listeners=listeners, admin=admin, drain_timeout=drain, admin_token=admin_token)
+    workers = parse_workers(top["workers"], "workers") if "workers" in top else 1
+    shared_load = top.get("shared_load", True)
+    if not isinstance(shared_load, bool):
+        raise ConfigError("shared_load", f"expected true or false, got {shared_load!r}")
+    return Config(
+        listeners=listeners,
+        admin=admin,
+        drain_timeout=drain,
+        admin_token=admin_token,
+        workers=workers,
+        shared_load=shared_load,
+    )
+
+
+# More workers than this is a typo, not a pod: each one is a whole process.
+MAX_WORKERS = 256
+
+
+def parse_workers(value: Any, path: str) -> int | str:
+    """``workers``: a positive count, or ``auto``."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+        raise ConfigError(path, f"expected a count from 1 to {MAX_WORKERS} or 'auto', got {value!r}")
+    return value
 
 
 def _parse_listener(item: Any, path: str, default_drain: float) -> ListenerConfig:
@@ -488,6 +518,7 @@ class Overrides:
     max_connections: int | None = None
     policy: str | None = None
     protocol: str | None = None
+    workers: str | None = None
 
 
 def apply_overrides(config: Config | None, ov: Overrides) -> Config:
@@ -510,6 +541,8 @@ def apply_overrides(config: Config | None, ov: Overrides) -> Config:
         )
     if ov.admin is not None:
         config = replace(config, admin=parse_hostport(ov.admin, "--admin"))
+    if ov.workers is not None:
+        config = replace(config, workers=parse_workers(ov.workers, "--workers"))
     if ov.drain_timeout is not None:
         # Listeners that inherited the top-level value follow the flag; a
         # listener with its own drain_timeout keeps it.

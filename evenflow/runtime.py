@@ -15,8 +15,9 @@ import os
 import random
 import resource
 import signal
+from collections.abc import Callable
 
-from balancer.policies import PolicyOptions
+from balancer.policies import Policy, PolicyOptions
 from balancer.pool import BackendPool
 from balancer.registry import make_policy
 from discovery.base import Discovery
@@ -85,12 +86,21 @@ class Runtime:
         *,
         discoveries: dict[str, Discovery] | None = None,
         rng: random.Random | None = None,
+        pool_factory: Callable[[str, Policy], BackendPool] | None = None,
+        admin_path: str | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.config = config
         self.loop = asyncio.get_running_loop()
         self.listeners: list[TcpListener] = []
         self._discoveries = discoveries or {}
         self._rng = rng
+        # A worker process's differences, all set by ``evenflow.worker``: its
+        # pools count load in the pod's shared table, its admin API is a Unix
+        # socket only the supervisor reads, and its listeners share their ports.
+        self._pool_factory = pool_factory
+        self._admin_path = admin_path
+        self._reuse_port = reuse_port
         self._tasks: list[asyncio.Task[None]] = []
         self.admin_state = AdminState(lambda: self.listeners, self.readiness)
         self.admin: AdminServer | None = None
@@ -104,12 +114,15 @@ class Runtime:
     async def start(self) -> None:
         _raise_nofile_limit(self.config)
         admin = self.config.admin
-        if self.config.admin_token is None and not is_loopback(admin.host):
+        if self.config.admin_token is None and not is_loopback(admin.host) and self._admin_path is None:
             log.warning(
                 "admin API reachable beyond this machine without a token: set admin.token_file",
                 extra={"admin": str(admin)},
             )
-        self.admin = AdminServer(self.admin_state, admin.host, admin.port, self.config.admin_token)
+        if self._admin_path is not None:
+            self.admin = AdminServer(self.admin_state, "", 0, path=self._admin_path)
+        else:
+            self.admin = AdminServer(self.admin_state, admin.host, admin.port, self.config.admin_token)
         await self.admin.start()
         # Out of file descriptors: uvloop survives it silently; this makes it seen.
         self._tasks.append(self.loop.create_task(fdguard.watch(lambda: self.listeners)))
@@ -152,8 +165,10 @@ class Runtime:
             slow_start=lc.slow_start,
             ewma_decay=lc.ewma_decay,
         )
-        pool = BackendPool(make_policy(lc.policy, self._rng, options))
+        policy = make_policy(lc.policy, self._rng, options)
+        pool = BackendPool(policy) if self._pool_factory is None else self._pool_factory(lc.name, policy)
         listener = listener_class(lc.protocol)(lc, pool, self.loop)
+        listener.reuse_port = self._reuse_port
         listener.source = self._discoveries.get(lc.name) or discovery_for(lc)
         self.listeners.append(listener)
         self._tasks.append(self.loop.create_task(self._follow(listener, listener.source)))

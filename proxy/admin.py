@@ -50,6 +50,7 @@ def backends_view(listeners: Sequence[TcpListener]) -> dict[str, Any]:
                 "protocol": listener.config.protocol,
                 "listen": listener.address,
                 "connections": listener.active,
+                "accepted": listener.stats.accepted,
                 "discovery": discovery_view(listener),
                 "balance": balance_view(listener),
                 "backends": [
@@ -164,19 +165,32 @@ def make_app(state: AdminState, token: str | None = None) -> web.Application:
 
 
 class AdminServer:
-    def __init__(self, state: AdminState, host: str, port: int, token: str | None = None) -> None:
-        self._runner = web.AppRunner(make_app(state, token), access_log=None, handle_signals=False)
+    """Serves an admin app on HOST:PORT, or on a Unix socket (a worker's,
+    which only its supervisor reads)."""
+
+    def __init__(
+        self, state: AdminState | web.Application, host: str, port: int, token: str | None = None, *, path: str | None = None
+    ) -> None:
+        app = state if isinstance(state, web.Application) else make_app(state, token)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         self._host = host
         self._port = port
+        self._path = path
 
     async def start(self) -> None:
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
+        site: web.BaseSite
+        if self._path is not None:
+            site = web.UnixSite(self._runner, self._path)
+            where = self._path
+        else:
+            site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
+            where = f"{self._host}:{self._port}"
         try:
             await site.start()
         except OSError as exc:
             await self._runner.cleanup()
-            raise OSError(exc.errno, f"admin: cannot listen on {self._host}:{self._port}: {exc.strerror or exc}") from None
+            raise OSError(exc.errno, f"admin: cannot listen on {where}: {exc.strerror or exc}") from None
 
     async def stop(self) -> None:
         await self._runner.cleanup()

@@ -205,7 +205,8 @@ class Dashboard:
             for backend in entry["backends"]:
                 backend["status"] = backend_status(backend)
             listener = by_name.get(entry["name"])
-            accepted = listener.stats.accepted if listener is not None else 0
+            # No listener object: a supervisor's merged view, which carries the count.
+            accepted = listener.stats.accepted if listener is not None else entry.get("accepted", 0)
             rate = 0.0
             last = self._last.get(entry["name"])
             if last is not None and now > last[0]:

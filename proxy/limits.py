@@ -42,6 +42,7 @@ def pick_open(
     skip = list(exclude)
     while backend is not None and backend.active >= limit:
         if backend in skip:
+            pool.unpick()
             return None, True  # a policy that ignored ``exclude``: never spin on it
         skip.append(backend)
         backend = pool.pick(skip, ctx)

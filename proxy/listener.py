@@ -73,6 +73,8 @@ class TcpListener:
         self.upstream_ssl = self.upstream_tls.context if self.upstream_tls is not None else None
         #: Either side encrypted: the relay must never splice (ciphertext would bypass TLS).
         self.encrypted = config.tls is not None or config.upstream_tls is not None
+        #: Worker processes share the port (SO_REUSEPORT): the kernel spreads accepts over them.
+        self.reuse_port = False
 
     @property
     def address(self) -> str:
@@ -96,7 +98,9 @@ class TcpListener:
             self.tls = ServerTls(self.config.tls, self.name, self.loop, self.config.handshake_timeout)
             factory = self.tls.wrap(self.new_client)
         try:
-            self.server = await self.loop.create_server(factory, host, port, backlog=BACKLOG, reuse_address=True)
+            self.server = await self.loop.create_server(
+                factory, host, port, backlog=BACKLOG, reuse_address=True, reuse_port=self.reuse_port or None
+            )
         except OSError as exc:
             raise ListenError(
                 exc.errno, f"listener {self.name!r}: cannot listen on {self.address}: {exc.strerror or exc}"

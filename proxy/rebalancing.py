@@ -49,6 +49,7 @@ class RebalanceTask:
         active = {b.address: max(0, b.active - leaving.get(b.address, 0)) for b in eligible}
         weights = {b.address: b.endpoint.weight for b in eligible}
         plan = self.rebalancer.plan(active, weights, movables, now)
+        moves = self._my_part(plan.moves)
         if plan.moves:
             log.info(
                 "rebalancing",
@@ -56,16 +57,37 @@ class RebalanceTask:
                     "listener": listener.name,
                     "imbalance": round(plan.imbalance, 3),
                     "needed": plan.needed,
-                    "moves": len(plan.moves),
+                    "moves": len(moves),
                     "reason": plan.reason,
                 },
             )
         elif plan.reason != self._last_reason and plan.needed:
             log.debug("rebalance waiting", extra={"listener": listener.name, "reason": plan.reason})
         self._last_reason = plan.reason
-        for move in plan.moves:
+        for move in moves:
             # Spread over the tick, so the clients reconnect in a trickle.
             loop.call_later(self._random.uniform(0, TICK), self._move, move, plan.reason)
+
+    def _my_part(self, moves: tuple[Movable, ...]) -> tuple[Movable, ...]:
+        """Worker processes: the loads are the pod's, and so is the plan; each
+        worker carries out its share of each backend's moves (its part of that
+        backend's connections), so N workers together move what one would."""
+        share = getattr(self.listener.pool, "local_share", None)
+        if share is None or not moves:
+            return moves
+        by_backend: dict[str, list[Movable]] = {}
+        for move in moves:
+            by_backend.setdefault(move.backend, []).append(move)
+        mine: list[Movable] = []
+        for address, group in by_backend.items():
+            backend = self.listener.pool.get(address)
+            if backend is None:
+                continue
+            exact = len(group) * share(backend)
+            # Random rounding: over many ticks each worker moves its exact share.
+            count = int(exact) + (1 if self._random.random() < exact - int(exact) else 0)
+            mine.extend(group[:count])
+        return tuple(mine)
 
     def _move(self, move: Movable, reason: str) -> None:
         listener = self.listener

@@ -199,3 +199,41 @@ async def test_long_grpc_calls_move_with_unavailable_and_reopen_elsewhere(monkey
             ch.close()
             await runtime.drain(1)
             await runtime.stop()
+
+
+def test_each_worker_carries_out_its_share_of_the_pods_moves() -> None:
+    # The plan is made from the pod's loads, so every worker makes the same
+    # one; each must carry out only its part of each backend's moves, or N
+    # workers would move N times what was needed.
+    import mmap
+    import random as _random
+    import types
+
+    from balancer.endpoint import Endpoint as _Endpoint
+    from balancer.endpoint import EndpointSet as _EndpointSet
+    from balancer.policies import LeastConnections as _LeastConnections
+    from balancer.rebalance import Movable as _Movable
+    from balancer.rebalance import RebalanceConfig as _RebalanceConfig
+    from balancer.shared_load import LoadTable, SharedPool, table_size
+    from proxy.rebalancing import RebalanceTask as _RebalanceTask
+
+    table = LoadTable(mmap.mmap(-1, table_size(2, 4)), 2, 4)
+    endpoints = _EndpointSet([_Endpoint("10.0.0.1", 80), _Endpoint("10.0.0.2", 80)])
+    pools = []
+    for row in range(2):
+        pool = SharedPool(_LeastConnections(_random.Random(row)), table, row)
+        pool.set_columns({"10.0.0.1:80": 0, "10.0.0.2:80": 1})
+        pool.apply(endpoints, 0.0)
+        pools.append(pool)
+    # Worker 0 holds 30 of the busy backend's 40 connections, worker 1 ten.
+    for pool, n in ((pools[0], 30), (pools[1], 10)):
+        busy = pool.get("10.0.0.1:80")
+        assert busy is not None
+        for _ in range(n):
+            pool.acquire(busy)
+    moves = tuple(_Movable(i, "10.0.0.1:80", float(i)) for i in range(20))
+    done = []
+    for pool in pools:
+        task = _RebalanceTask(types.SimpleNamespace(pool=pool), _RebalanceConfig(), _random.Random(3))  # type: ignore[arg-type]
+        done.append(len(task._my_part(moves)))
+    assert done == [15, 5]
