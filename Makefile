@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # program:package pairs for the real protocol peers in the tests
 TEST_DEBS := redis-server:redis-server redis-cli:redis-tools redis-benchmark:redis-tools sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client knotd:knot openssl:openssl chromium:chromium
-BENCH_DEBS := haproxy:haproxy nginx:nginx taskset:util-linux
+BENCH_DEBS := haproxy:haproxy nginx:nginx taskset:util-linux wrk:wrk h2load:nghttp2-client redis-server:redis-server redis-benchmark:redis-tools ss:iproute2
 
 .PHONY: demo test test-slow lint bench venv clean deploy-check
 
@@ -49,7 +49,10 @@ bench: $(BIN)/.bench
 	$(BIN)/python benchmarks/tcp_bench.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/ws_bench.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/grpc_bench.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/workers_bench.py $(BENCH_ARGS) --plot
 	$(BIN)/python -m benchmarks.balance --simulate
+	$(BIN)/python -m benchmarks.plots $$(ls -t benchmarks/results/tcp_bench-*.json | head -1) \
+		$$(ls -t benchmarks/results/ws_bench-*.json | head -1) $$(ls -t benchmarks/results/grpc_bench-*.json | head -1) --out docs/images
 
 deploy-check: $(BIN)/.dev
 	scripts/check-deploy
