@@ -38,6 +38,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from balancer.endpoint import EndpointSet
 from balancer.shared_load import GENERATION, Columns, LoadTable, table_size
 from discovery.base import Discovery
+from evenflow.adminauth import is_loopback
 from evenflow.aggregate import merge_backends, merge_metrics, retire
 from evenflow.config import Config, ListenerConfig, route_listener_config
 from evenflow.runtime import SOURCE_RESTART_DELAY, discovery_for
@@ -142,7 +143,13 @@ class Supervisor:
         for name, lc in self.pools:
             source = self.sources[name] = discovery_for(lc)
             self._tasks.append(self.loop.create_task(self._follow(name, source)))
-        self.admin = AdminServer(self._admin_app(), self.config.admin.host, self.config.admin.port)
+        admin = self.config.admin
+        if self.config.admin_token is None and not is_loopback(admin.host):
+            log.warning(
+                "admin API reachable beyond this machine without a token: set admin.token_file",
+                extra={"admin": str(admin)},
+            )
+        self.admin = AdminServer(self._admin_app(), admin.host, admin.port)
         await self.admin.start()
         for index in range(self.count):
             worker = WorkerProcess(index, os.path.join(self._rundir, f"worker-{index}.sock"))
@@ -247,7 +254,9 @@ class Supervisor:
             await asyncio.sleep(POLL_INTERVAL)
             await asyncio.gather(*(self._check(worker) for worker in self.workers))
             self._recycle()
-            if self._dashboard.subscribers:
+            # The page's view is refreshed only while someone watches it
+            # (and once at start, so the first watcher sees something).
+            if self._dashboard.subscribers or not self.dashboard_doc["listeners"]:
                 self.dashboard_doc = await self.backends_doc()
 
     async def _check(self, worker: WorkerProcess) -> None:
