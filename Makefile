@@ -7,7 +7,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 # program:package pairs for the real protocol peers in the tests
 TEST_DEBS := redis-server:redis-server redis-cli:redis-tools redis-benchmark:redis-tools sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client knotd:knot openssl:openssl chromium:chromium
-BENCH_DEBS := haproxy:haproxy nginx:nginx taskset:util-linux wrk:wrk h2load:nghttp2-client redis-server:redis-server redis-benchmark:redis-tools ss:iproute2
+BENCH_DEBS := haproxy:haproxy nginx:nginx /usr/lib/nginx/modules/ngx_stream_module.so:libnginx-mod-stream \
+	taskset:util-linux wrk:wrk h2load:nghttp2-client redis-server:redis-server redis-benchmark:redis-tools ss:iproute2
 
 .PHONY: demo test test-slow lint bench venv clean deploy-check
 

@@ -7,7 +7,8 @@ system, the figures and the target (Evenflow's proxy CPU per unary RPC at most
 4 times NGINX's), and the output (Markdown tables with ratios to NGINX on
 stdout, a JSON file in ``benchmarks/results/``). Helpers: ``grpc_backends``
 (grpcio servers with raw-bytes methods), ``grpc_loadgen`` (the grpcio client,
-the measured windows, the sanity RPCs), ``grpc_systems`` (NGINX, HAProxy and
+the measured windows, the sanity RPCs), ``h2load_loadgen`` (the same unary
+calls from ``h2load``), ``grpc_systems`` (NGINX, HAProxy and
 Evenflow configs); reused: ``harness`` (environment, pinning, backend
 process, load-generator runs, the run loop with quiet waits and re-runs),
 ``systems`` (process control), ``procstat`` (/proc), ``report`` (medians and
@@ -26,6 +27,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -40,13 +44,13 @@ from harness import Workload
 
 SYSTEMS = ("direct", "nginx", "haproxy", "evenflow")
 LABELS = {"direct": "direct", "nginx": "NGINX", "haproxy": "HAProxy", "evenflow": "Evenflow"}
-WORKLOAD_KEYS = ("unary", "stream")
+WORKLOAD_KEYS = ("unary", "stream", "h2load")
 # Evenflow's proxy CPU per unary RPC may be at most this times NGINX's.
 TARGET_UNARY_RATIO = 4.0
-# Per-run latency figures summarised next to report.METRICS.
-LATENCY_METRICS = ("p50_s", "p90_s", "p99_s", "mean_s")
+# Per-run latency figures summarised next to report.METRICS (h2load_mean_s: h2load's own "time for request" mean).
+LATENCY_METRICS = ("p50_s", "p90_s", "p99_s", "mean_s", "h2load_mean_s")
 QUIET_BUDGETS = (60.0, 15.0)  # total quiet-wait seconds: full, quick
-SOFT_BUDGETS = (300.0, 60.0)  # past this, no more waits or re-runs: full, quick
+SOFT_BUDGETS = (420.0, 90.0)  # past this, no more waits or re-runs: full, quick
 
 
 def workloads(args: argparse.Namespace) -> list[Workload]:
@@ -68,6 +72,15 @@ def workloads(args: argparse.Namespace) -> list[Workload]:
             "stream",
             {"concurrency": args.streams, "stream_messages": args.stream_messages, **common},
             warmup + duration + 30.0,
+            backend="grpc",
+        ),
+        Workload(
+            "h2load",
+            f"unary RPCs by h2load ({args.concurrency} in flight, {args.msg_size} B, {args.channels} client conns)",
+            "h2load",
+            # the same calls as "unary" (method, payload, calls in flight, connections), from a C client
+            {"concurrency": args.concurrency, "h2load": args.h2load, **common},
+            warmup + duration + 45.0,
             backend="grpc",
         ),
     ]
@@ -146,62 +159,25 @@ def evaluate(summary: dict[str, Any], plan: list[Workload]) -> list[dict[str, An
             add(w.key, "proxy CPU µs / RPC", "cpu_per_unit", 1e6, False, target, unary_check)
             add(w.key, "p50 latency ms", "p50_s", 1e3, vs_direct=True)
             add(w.key, "p99 latency ms", "p99_s", 1e3, vs_direct=True)
+        elif w.kind == "h2load":
+            add(w.key, "RPCs/s", "rate", 1.0, vs_direct=True)
+            add(w.key, "proxy CPU µs / RPC", "cpu_per_unit", 1e6, vs_direct=False)
+            add(w.key, "mean latency ms (h2load)", "h2load_mean_s", 1e3, vs_direct=True)
+            add(w.key, "p50 latency ms (h2load log)", "p50_s", 1e3, vs_direct=True)
+            add(w.key, "p99 latency ms (h2load log)", "p99_s", 1e3, vs_direct=True)
         else:
             add(w.key, "messages/s", "rate", 1.0, vs_direct=True)
             add(w.key, "proxy CPU µs / message", "cpu_per_unit", 1e6, vs_direct=False)
     return rows
 
 
-def _x(r: float | None) -> str:
-    return "-" if r is None else f"{r:.2f}x"
-
-
 def markdown(rows: list[dict[str, Any]], titles: dict[str, str]) -> str:
-    ratio_heads = [f"{'EF' if a == 'evenflow' else LABELS[a]} / {LABELS[b]}" for a, b in RATIOS]
-    head = ["Workload", "Metric", *(LABELS[s] for s in SYSTEMS), *ratio_heads, "Target", "Result"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        result = "" if not r["target"] else ("n/a" if r["pass"] is None else ("PASS" if r["pass"] else "FAIL"))
-        cells = [
-            titles.get(r["workload"], r["workload"]),
-            r["metric"],
-            *(r["cells"][s] for s in SYSTEMS),
-            *(_x(r["ratios"][f"{a}/{b}"]) for a, b in RATIOS),
-            r["target"],
-            result,
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return report.systems_markdown(rows, titles, SYSTEMS, LABELS, RATIOS)
 
 
 def busy_markdown(summary: dict[str, Any], titles: dict[str, str]) -> str:
     """How loaded each proxy's core was during the window, and the user/system split of its CPU time."""
-    proxies = [s for s in SYSTEMS if s != "direct"]
-    head = ["Workload"]
-    for s in proxies:
-        head += [f"{LABELS[s]} busy", f"{LABELS[s]} user / sys"]
-    head.append("other load on that core")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for workload, by_system in summary.items():
-        cells = []
-        for system in proxies:
-            entry = by_system.get(system, {})
-            busy, user, sys_ = entry.get("cpu_busy"), entry.get("utime_s"), entry.get("stime_s")
-            if busy is None:
-                cells += ["-", "-"]
-                continue
-            cells.append(f"{busy['median'] * 100:.0f}%")
-            total = (user["median"] if user else 0.0) + (sys_["median"] if sys_ else 0.0)
-            if total > 0 and user and sys_:
-                cells.append(f"{user['median'] / total * 100:.0f}% / {sys_['median'] / total * 100:.0f}%")
-            else:
-                cells.append("-")
-        others = [by_system.get(s, {}).get("core_other") for s in proxies]
-        worst = max((o["max"] for o in others if o), default=None)
-        cells.append("-" if worst is None else f"≤ {worst * 100:.0f}%")
-        if any(c != "-" for c in cells[:-1]):
-            lines.append(f"| {titles.get(workload, workload)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return report.systems_busy_markdown(summary, titles, SYSTEMS[1:], LABELS)
 
 
 def describe(workload: Workload, result: dict[str, Any]) -> str:
@@ -211,6 +187,12 @@ def describe(workload: Workload, result: dict[str, Any]) -> str:
     if result.get("errors"):
         err = f", {result['errors']} errors (first: {result.get('first_error', '?')})"
     cpu = result.get("cpu_per_unit")
+    if workload.kind == "h2load":
+        cost = "" if cpu is None else f", {cpu * 1e6:.1f} CPU µs/RPC"
+        p50, p99 = result.get("p50_s"), result.get("p99_s")
+        lat = "" if p50 is None or p99 is None else f", p50 {p50 * 1e3:.1f} ms p99 {p99 * 1e3:.1f} ms"
+        codes = f", {result['status_2xx']}/{result['done']} 2xx"
+        return f"{report.fmt(result['rate'])} RPC/s{cost}{lat}{codes}{harness.load_note(result)}{err}"
     if workload.kind == "unary":
         cost = "" if cpu is None else f", {cpu * 1e6:.1f} CPU µs/RPC"
         p50, p99 = result.get("p50_s"), result.get("p99_s")
@@ -240,6 +222,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--msg-size", type=int, default=64, help="unary payload and stream message bytes")
     p.add_argument("--channels", type=int, default=2, help="client connections (gRPC channels), spread over the targets")
     p.add_argument("--nginx", help="nginx binary (default: from PATH or /usr/sbin)")
+    p.add_argument("--h2load", help="h2load binary (default: from PATH)")
     harness.add_haproxy_arg(p)
     harness.add_process_args(p)
     p.add_argument("--no-sanity", action="store_true", help="skip the start-up check through every system")
@@ -252,6 +235,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def h2load_version(binary: str | None) -> str | None:
+    """h2load's version ("h2load nghttp2/1.52.0")."""
+    if not binary:
+        return None
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"nghttp2/(\S+)", out.stdout + out.stderr)
+    return match.group(1) if match else None
+
+
 class GrpcSession(harness.Session):
     """harness.Session with NGINX among the systems, and this suite's own tables."""
 
@@ -261,22 +256,13 @@ class GrpcSession(harness.Session):
         self.machine["nginx"] = grpc_systems.nginx_version(self.nginx)
         self.machine["nginx_path"] = self.nginx
         self.machine["grpcio"] = procstat._version_in(self.python, "grpcio")
+        args.h2load = args.h2load or shutil.which("h2load")
+        self.machine["h2load"] = h2load_version(args.h2load)
+        self.machine["h2load_path"] = args.h2load
 
     def wanted_systems(self) -> list[str]:
         """The --systems names, without NGINX or HAProxy (and a warning) when it is not installed."""
-        wanted = [s.strip() for s in self.args.systems.split(",") if s.strip()]
-        if set(wanted) - set(SYSTEMS):
-            raise SystemExit(f"unknown system in --systems: {self.args.systems}; choose from {','.join(SYSTEMS)}")
-        if "nginx" in wanted and self.nginx is None:
-            print(
-                "warning: nginx not found (scripts/ensure-debian-packages nginx:nginx); NGINX columns will be empty",
-                file=sys.stderr,
-            )
-            wanted.remove("nginx")
-        if "haproxy" in wanted and self.haproxy is None:
-            print("warning: haproxy not found (apt-get install haproxy); HAProxy columns will be empty", file=sys.stderr)
-            wanted.remove("haproxy")
-        return wanted
+        return grpc_systems.choose(self.args.systems, SYSTEMS, self.nginx, self.haproxy)
 
     def grpc_systems(self, wanted: list[str], workdir: Path) -> dict[str, systems.System]:
         """The chosen systems by name, in the order of SYSTEMS, proxies on the proxy CPUs."""
@@ -301,7 +287,7 @@ class GrpcSession(harness.Session):
         print(f"# {self.name}: {'quick' if args.quick else 'full'} suite, {args.repeat} repeat(s); {self.pinning}", flush=True)
         print(
             f"# {machine['cpu_model']}, {machine['nproc']} CPUs, {os.uname().release}; python {machine['python']}, "
-            f"grpcio {machine['grpcio']}, nginx {machine['nginx']}, haproxy {machine['haproxy']}",
+            f"grpcio {machine['grpcio']}, nginx {machine['nginx']}, haproxy {machine['haproxy']}, h2load {machine['h2load']}",
             flush=True,
         )
 
@@ -354,6 +340,12 @@ def main(argv: list[str] | None = None) -> int:
     session = GrpcSession(args)
 
     plan = workloads(args)
+    if any(w.kind == "h2load" for w in plan) and not args.h2load:
+        print(
+            "warning: h2load not found (scripts/ensure-debian-packages h2load:nghttp2-client); the h2load workload is skipped",
+            file=sys.stderr,
+        )
+        plan = [w for w in plan if w.kind != "h2load"]
     max_conns = max([w.spec["concurrency"] for w in plan] + [0])
     wanted = session.wanted_systems()
     evenflow_cmd = session.evenflow_cmd()

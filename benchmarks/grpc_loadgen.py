@@ -10,6 +10,8 @@ Owns the client side of the gRPC workloads and their measured windows:
 - ``stream``: N server-streaming calls in flight at all times, each asking
   ``/bench.Bench/Stream`` for M messages of S bytes; messages per second and
   the proxy's CPU time per message;
+- ``h2load``: unary calls from ``h2load`` (``h2load_loadgen``), once grpcio
+  has shown that the same message succeeds through the target;
 - ``sanity``: a few RPCs through each target with their results checked
   (echoes, a full stream, a trailers-only error status, which backends answered).
 
@@ -37,6 +39,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+import h2load_loadgen
 import loadgen
 from ws_loadgen import percentiles
 
@@ -242,7 +245,24 @@ async def sanity(spec: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True, "checks": checks}
 
 
-WORKLOADS: dict[str, Callable[[dict[str, Any]], Any]] = {"unary": unary, "stream": stream, "sanity": sanity}
+# -- h2load ------------------------------------------------------------------------
+
+
+async def h2load(spec: dict[str, Any]) -> dict[str, Any]:
+    """h2load_loadgen's workload, after grpcio proves that its message comes back with status OK through the target."""
+    msg = h2load_loadgen.message(spec["msg_size"])
+    ch = channel((spec["targets"][0][0], spec["targets"][0][1]))
+    try:
+        await asyncio.wait_for(ch.channel_ready(), READY_TIMEOUT)
+        reply = await ch.unary_unary(UNARY)(msg, timeout=5)  # any status but OK raises
+    finally:
+        await ch.close(grace=None)
+    if reply != msg:
+        raise AssertionError(f"grpcio: the echo of h2load's {len(msg)}-byte message differs")
+    return await h2load_loadgen.h2load({**spec, "path": UNARY})
+
+
+WORKLOADS: dict[str, Callable[[dict[str, Any]], Any]] = {"unary": unary, "stream": stream, "sanity": sanity, "h2load": h2load}
 
 
 def main() -> None:

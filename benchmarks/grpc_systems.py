@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -85,6 +86,26 @@ def nginx_version(binary: str | None) -> str | None:
         return None
     match = re.search(r"nginx/(\S+)", out.stderr + out.stdout)  # it prints the version on stderr
     return match.group(1) if match else None
+
+
+def choose(requested: str, known: tuple[str, ...], nginx: str | None, haproxy: str | None) -> list[str]:
+    """The ``--systems`` names in ``known``'s order, without NGINX or HAProxy (and a warning) when not installed.
+
+    Shared by the suites that compare against NGINX (gRPC, WebSocket).
+    """
+    wanted = [s.strip() for s in requested.split(",") if s.strip()]
+    if set(wanted) - set(known):
+        raise SystemExit(f"unknown system in --systems: {requested}; choose from {','.join(known)}")
+    if "nginx" in wanted and nginx is None:
+        print(
+            "warning: nginx not found (scripts/ensure-debian-packages nginx:nginx); NGINX columns will be empty",
+            file=sys.stderr,
+        )
+        wanted.remove("nginx")
+    if "haproxy" in wanted and haproxy is None:
+        print("warning: haproxy not found (apt-get install haproxy); HAProxy columns will be empty", file=sys.stderr)
+        wanted.remove("haproxy")
+    return [s for s in known if s in wanted]
 
 
 def children(pid: int) -> list[int]:

@@ -82,12 +82,14 @@ def plan_cpus(no_pin: bool) -> tuple[set[int] | None, set[int] | None, str]:
     return load, proxy, f"proxy on CPU {cpus[1]}; load generator and backends on CPU {cpus[0]}"
 
 
-def add_head_args(p: argparse.ArgumentParser, quick_help: str, workloads_help: str) -> None:
-    """--quick, --repeat, --workloads and --systems (the first flags of both suites)."""
+def add_head_args(
+    p: argparse.ArgumentParser, quick_help: str, workloads_help: str, systems: tuple[str, ...] = report.SYSTEMS
+) -> None:
+    """--quick, --repeat, --workloads and --systems (the first flags of both suites); ``systems`` are the choices."""
     p.add_argument("--quick", action="store_true", help=quick_help)
     p.add_argument("--repeat", type=int, default=None, help="runs per workload and system (default: 3, or 1 with --quick)")
     p.add_argument("--workloads", help=workloads_help)
-    p.add_argument("--systems", default="direct,haproxy,evenflow", help="comma-separated subset of direct,haproxy,evenflow")
+    p.add_argument("--systems", default=",".join(systems), help=f"comma-separated subset of {','.join(systems)}")
 
 
 def add_haproxy_arg(p: argparse.ArgumentParser) -> None:

@@ -1,7 +1,8 @@
 """The load generator: drives one workload against one target and measures it.
 
 Owns the client side of every workload (request/response, bulk, new
-connections, idle connections) and the measured window: it samples the proxy's
+connections, idle connections, redis-benchmark through the proxy) and the
+measured window: it samples the proxy's
 CPU time (``procstat.cpu``) or memory (``procstat.memory_kb``) itself at the
 exact instants the window opens and closes, so no IPC delay leaks into the
 figures. Clients are ``asyncio.Protocol`` callbacks on uvloop (no streams, no
@@ -15,16 +16,20 @@ one JSON object with the results on stdout. A SIGALRM set from the spec's
 from __future__ import annotations
 
 import asyncio
+import csv
 import json
 import resource
 import signal
+import statistics
 import struct
+import subprocess
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import procstat
+import systems
 import uvloop
 
 Target = tuple[str, int]
@@ -37,6 +42,29 @@ class Counter:
         self.count = 0
         self.errors = 0
         self.running = True
+
+
+class Timed(Counter):
+    """A counter that also keeps each round trip's seconds while the window is open (else ``lat`` is None)."""
+
+    __slots__ = ("lat",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lat: list[float] | None = None
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    """p50, p90, p99, max and mean of ``values`` (sorted in place), in seconds."""
+    if not values:
+        return {"p50_s": None, "p90_s": None, "p99_s": None, "max_s": None, "mean_s": None}
+    values.sort()
+    n = len(values)
+
+    def at(q: float) -> float:
+        return values[min(n - 1, int(q * n))]
+
+    return {"p50_s": at(0.50), "p90_s": at(0.90), "p99_s": at(0.99), "max_s": values[-1], "mean_s": statistics.fmean(values)}
 
 
 class Window:
@@ -88,25 +116,33 @@ class Window:
 class PingPong(asyncio.Protocol):
     """One outstanding message at a time: send, wait for all of it back, send again."""
 
-    __slots__ = ("counter", "got", "msg", "size", "transport")
+    __slots__ = ("counter", "got", "msg", "sent_at", "size", "transport")
 
-    def __init__(self, counter: Counter, msg: bytes) -> None:
+    def __init__(self, counter: Timed, msg: bytes) -> None:
         self.counter = counter
         self.msg = msg
         self.size = len(msg)
         self.got = 0
+        self.sent_at = 0.0
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.sent_at = time.perf_counter()
         self.transport.write(self.msg)  # type: ignore[union-attr]
 
     def data_received(self, data: bytes) -> None:
         self.got += len(data)
         if self.got >= self.size:
             self.got -= self.size
+            # One clock read per request: the echo's arrival is also the next request's departure.
+            now = time.perf_counter()
             counter = self.counter
             counter.count += 1
+            lat = counter.lat
+            if lat is not None:
+                lat.append(now - self.sent_at)
+            self.sent_at = now
             if counter.running:
                 self.transport.write(self.msg)  # type: ignore[union-attr]
 
@@ -118,7 +154,7 @@ class PingPong(asyncio.Protocol):
 async def request_response(spec: dict[str, Any]) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     targets: list[Target] = [(t[0], t[1]) for t in spec["targets"]]
-    counter = Counter()
+    counter = Timed()
     msg = b"r" * spec["msg_size"]
     transports = []
     for i in range(spec["conns"]):
@@ -127,13 +163,18 @@ async def request_response(spec: dict[str, Any]) -> dict[str, Any]:
         transports.append(transport)
     window = Window(spec["proxy_pid"], counter, spec.get("proxy_cpu"))
     await asyncio.sleep(spec["warmup"])
+    counter.lat = []
     window.open()
     await asyncio.sleep(spec["duration"])
     window.close()
+    lat, counter.lat = counter.lat, None
     counter.running = False
     for transport in transports:
         transport.close()
     out = window.result()
+    # Requests answered after the window closed are not in it: the samples match the counted units.
+    out.update(percentiles(lat))
+    out["samples"] = len(lat)
     out["errors"] = counter.errors
     return out
 
@@ -340,11 +381,59 @@ async def idle(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# -- redis-benchmark ---------------------------------------------------------------
+
+
+async def redis(spec: dict[str, Any]) -> dict[str, Any]:
+    """One ``redis-benchmark --csv`` run against the target; the window is the whole run.
+
+    redis-benchmark reports each test's requests per second; the proxy's CPU is read just before it starts and
+    just after it exits, so the cost per request also carries its connection set-up (one per client per test,
+    negligible against the requests).
+    """
+    host, port = spec["targets"][0]
+    argv = [spec["redis_benchmark"], "-h", host, "-p", str(port), "-c", str(spec["conns"]), "-n", str(spec["requests"])]
+    argv += ["-t", spec["tests"], "--csv"]
+    window = Window(spec["proxy_pid"], core=spec.get("proxy_cpu"))
+    limit = max(1.0, spec["deadline"] - 5.0)
+    window.open()
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=systems.preexec(None)
+    )
+    try:
+        # It retries a refused connection forever: it gets a deadline of its own (and dies with us).
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=limit)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return {"failed": f"redis-benchmark did not finish within {limit:.0f}s"}
+    window.close()
+    text = stdout.decode(errors="replace")
+    tests: dict[str, dict[str, float]] = {}
+    for row in csv.DictReader(text.splitlines()):
+        try:
+            tests[row["test"]] = {k: float(v) for k, v in row.items() if k != "test"}
+        except (KeyError, TypeError, ValueError):
+            continue
+    if proc.returncode != 0 or not tests:
+        return {"failed": f"redis-benchmark exit {proc.returncode}", "stderr": (stderr.decode(errors="replace") or text)[-2000:]}
+    # "rate" is over the whole window, like the CPU; each test's own figure (timed from its first request to its
+    # last, the one redis-benchmark users quote) is rps_<test>.
+    out = window.result(units=spec["requests"] * len(tests))
+    for name, figures in tests.items():
+        out[f"rps_{name.lower()}"] = figures.get("rps")
+    out["tests"] = tests
+    out["argv"] = argv
+    out["errors"] = 0
+    return out
+
+
 WORKLOADS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "rr": request_response,
     "bulk": bulk,
     "newconn": new_connections,
     "idle": idle,
+    "redis": redis,
 }
 
 

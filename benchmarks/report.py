@@ -1,8 +1,9 @@
 """Turning runs into figures: medians and spread, ratios, targets, Markdown tables.
 
 Owns what the output means: which metric each table row shows and in what
-unit, which ratios are meaningful (throughput against direct; proxy cost
-Evenflow against HAProxy), and the team's pass/fail targets. It reads the
+unit, which ratios are meaningful (throughput and latency against direct;
+proxy cost Evenflow against HAProxy and, in the TCP suite, NGINX), and the
+team's pass/fail targets. It reads the
 per-run dicts the load generator returns and writes nothing to disk.
 """
 
@@ -13,7 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 SYSTEMS = ("direct", "haproxy", "evenflow")
-LABELS = {"direct": "direct", "haproxy": "HAProxy", "evenflow": "Evenflow"}
+# The TCP suite also compares NGINX's stream proxy; the suites built on SYSTEMS keep their columns.
+TCP_SYSTEMS = ("direct", "nginx", "haproxy", "evenflow")
+# The TCP table's ratio columns (numerator, denominator); the "/ direct" ones on throughput and latency rows only.
+TCP_RATIOS = (("evenflow", "haproxy"), ("evenflow", "nginx"), ("haproxy", "direct"), ("nginx", "direct"), ("evenflow", "direct"))
+LABELS = {"direct": "direct", "nginx": "NGINX", "haproxy": "HAProxy", "evenflow": "Evenflow"}
 # Per-run metrics summarised as median, min and max.
 METRICS = (
     "rate",
@@ -26,6 +31,12 @@ METRICS = (
     "core_other",
     "rss_per_conn_kb",
     "anon_per_conn_kb",
+    "p50_s",
+    "p99_s",
+    "rps_ping_inline",
+    "rps_ping_mbulk",
+    "rps_set",
+    "rps_get",
 )
 
 
@@ -35,7 +46,9 @@ class Row:
     label: str
     metric: str
     scale: float
-    kind: str  # "throughput" (higher is better, ratios vs direct), "cost" (proxy only), "memory" (proxy only)
+    # "throughput" (higher is better, ratios vs direct), "latency" (lower is better, ratios vs direct),
+    # "cost" (proxy only), "memory" (proxy only)
+    kind: str
     target_ratio: float | None = None  # Evenflow / HAProxy must be at most this
     target_abs: float | None = None  # Evenflow must be at most this (in the row's unit)
 
@@ -43,6 +56,12 @@ class Row:
 ROWS = (
     Row("rr", "requests/s", "rate", 1.0, "throughput"),
     Row("rr", "proxy CPU µs / request", "cpu_per_unit", 1e6, "cost", target_ratio=1.1),
+    Row("rr", "p50 round trip µs", "p50_s", 1e6, "latency"),
+    Row("rr", "p99 round trip µs", "p99_s", 1e6, "latency"),
+    Row("rr500", "requests/s", "rate", 1.0, "throughput"),
+    Row("rr500", "proxy CPU µs / request", "cpu_per_unit", 1e6, "cost"),
+    Row("rr500", "p50 round trip µs", "p50_s", 1e6, "latency"),
+    Row("rr500", "p99 round trip µs", "p99_s", 1e6, "latency"),
     Row("bulk1", "GB/s", "rate", 1e-9, "throughput"),
     Row("bulk1", "proxy CPU s / GB", "cpu_per_unit", 1e9, "cost", target_ratio=1.0),
     Row("bulk8", "GB/s", "rate", 1e-9, "throughput"),
@@ -50,6 +69,11 @@ ROWS = (
     Row("newconn", "connections/s", "rate", 1.0, "throughput"),
     Row("newconn", "proxy CPU µs / connection", "cpu_per_unit", 1e6, "cost", target_ratio=2.0),
     Row("idle", "proxy RSS KB / idle connection", "rss_per_conn_kb", 1.0, "memory", target_abs=3.0),
+    Row("redis", "PING_INLINE requests/s", "rps_ping_inline", 1.0, "throughput"),
+    Row("redis", "PING_MBULK requests/s", "rps_ping_mbulk", 1.0, "throughput"),
+    Row("redis", "SET requests/s", "rps_set", 1.0, "throughput"),
+    Row("redis", "GET requests/s", "rps_get", 1.0, "throughput"),
+    Row("redis", "proxy CPU µs / request", "cpu_per_unit", 1e6, "cost"),
 )
 
 
@@ -131,11 +155,10 @@ def evaluate(summary: dict[str, Any]) -> list[dict[str, Any]]:
     for row in ROWS:
         if row.workload not in summary:
             continue
-        stats = {system: _stat(summary, row.workload, system, row.metric) for system in SYSTEMS}
-        ef_ha = _ratio(stats["evenflow"], stats["haproxy"])
-        direct_ok = row.kind == "throughput"
-        ha_d = _ratio(stats["haproxy"], stats["direct"]) if direct_ok else None
-        ef_d = _ratio(stats["evenflow"], stats["direct"]) if direct_ok else None
+        stats = {system: _stat(summary, row.workload, system, row.metric) for system in TCP_SYSTEMS}
+        direct_ok = row.kind in ("throughput", "latency")
+        ratios = {f"{a}/{b}": _ratio(stats[a], stats[b]) if direct_ok or b != "direct" else None for a, b in TCP_RATIOS}
+        ef_ha = ratios["evenflow/haproxy"]
         target, verdict = "", None
         if row.target_ratio is not None:
             target = f"EF/HAProxy ≤ {row.target_ratio:.1f}x"
@@ -148,11 +171,9 @@ def evaluate(summary: dict[str, Any]) -> list[dict[str, Any]]:
             {
                 "workload": row.workload,
                 "metric": row.label,
-                "cells": {system: _cell(stats[system], row.scale) for system in SYSTEMS},
-                "medians": {system: _median(stats[system], row.scale) for system in SYSTEMS},
-                "evenflow_over_haproxy": ef_ha,
-                "haproxy_over_direct": ha_d,
-                "evenflow_over_direct": ef_d,
+                "cells": {system: _cell(stats[system], row.scale) for system in TCP_SYSTEMS},
+                "medians": {system: _median(stats[system], row.scale) for system in TCP_SYSTEMS},
+                "ratios": ratios,
                 "target": target,
                 "pass": verdict,
             }
@@ -192,6 +213,69 @@ def busy_markdown(summary: dict[str, Any], titles: dict[str, str]) -> str:
             else:
                 cells.append("-")
         others = [systems.get(s, {}).get("core_other") for s in ("haproxy", "evenflow")]
+        worst = max((o["max"] for o in others if o), default=None)
+        cells.append("-" if worst is None else f"≤ {worst * 100:.0f}%")
+        if any(c != "-" for c in cells[:-1]):
+            lines.append(f"| {titles.get(workload, workload)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# -- tables with any set of systems (the suites with an NGINX column) ---------------------
+
+
+def ratio_head(a: str, b: str, labels: dict[str, str]) -> str:
+    return f"{'EF' if a == 'evenflow' else labels[a]} / {labels[b]}"
+
+
+def systems_markdown(
+    rows: list[dict[str, Any]],
+    titles: dict[str, str],
+    systems: tuple[str, ...],
+    labels: dict[str, str],
+    ratios: tuple[tuple[str, str], ...],
+) -> str:
+    """The results table for rows carrying ``cells`` by system and ``ratios`` keyed ``"a/b"`` (one column per pair)."""
+    ratio_heads = [ratio_head(a, b, labels) for a, b in ratios]
+    head = ["Workload", "Metric", *(labels[s] for s in systems), *ratio_heads, "Target", "Result"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        result = "" if not r["target"] else ("n/a" if r["pass"] is None else ("PASS" if r["pass"] else "FAIL"))
+        cells = [
+            titles.get(r["workload"], r["workload"]),
+            r["metric"],
+            *(r["cells"][s] for s in systems),
+            *(_x(r["ratios"].get(f"{a}/{b}")) for a, b in ratios),
+            r["target"],
+            result,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def systems_busy_markdown(
+    summary: dict[str, Any], titles: dict[str, str], proxies: tuple[str, ...], labels: dict[str, str]
+) -> str:
+    """``busy_markdown`` for any set of proxies: how loaded each one's core was, and its user/system split."""
+    head = ["Workload"]
+    for s in proxies:
+        head += [f"{labels[s]} busy", f"{labels[s]} user / sys"]
+    head.append("other load on that core")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for workload, by_system in summary.items():
+        cells = []
+        for system in proxies:
+            entry = by_system.get(system, {})
+            busy, user, sys_ = entry.get("cpu_busy"), entry.get("utime_s"), entry.get("stime_s")
+            if busy is None:
+                cells += ["-", "-"]
+                continue
+            cells.append(f"{busy['median'] * 100:.0f}%")
+            total = (user["median"] if user else 0.0) + (sys_["median"] if sys_ else 0.0)
+            if total > 0 and user and sys_:
+                cells.append(f"{user['median'] / total * 100:.0f}% / {sys_['median'] / total * 100:.0f}%")
+            else:
+                cells.append("-")
+        others = [by_system.get(s, {}).get("core_other") for s in proxies]
         worst = max((o["max"] for o in others if o), default=None)
         cells.append("-" if worst is None else f"≤ {worst * 100:.0f}%")
         if any(c != "-" for c in cells[:-1]):

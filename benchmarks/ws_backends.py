@@ -14,8 +14,10 @@ echoed without touching a buffer; everything else goes through a general
 frame parser.
 
 Run as a script by ``ws_bench.py``: binds ``--ports`` free ports on
-127.0.0.1, prints one JSON line ``{"ws": [...]}`` and serves until SIGTERM,
-its parent's death, or ``--lifetime`` seconds, whichever comes first.
+127.0.0.1 (and ``--http-ports`` more for the plain-HTTP workload, served by
+``http_backends.HttpOk``), prints one JSON line ``{"ws": [...], "http": [...]}``
+and serves until SIGTERM, its parent's death, or ``--lifetime`` seconds,
+whichever comes first.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import asyncio
 import backends
 import uvloop
 import ws_wire as wire
+from http_backends import HttpOk
 
 MAX_FRAME = 16 * 1024 * 1024  # a larger frame is a bug in the client: drop the connection
 DATA_OPCODES = (wire.OP_CONT, wire.OP_TEXT, wire.OP_BINARY)
@@ -133,17 +136,18 @@ class WsEcho(asyncio.Protocol):
         return False  # close our side too
 
 
-async def serve(n_ports: int, lifetime: float) -> None:
-    await backends.serve_ports([("ws", n_ports, WsEcho)], lifetime, "ws_backends")
+async def serve(n_ports: int, n_http: int, lifetime: float) -> None:
+    await backends.serve_ports([("ws", n_ports, WsEcho), ("http", n_http, HttpOk)], lifetime, "ws_backends")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ports", type=int, default=2, help="echo ports to open")
+    parser.add_argument("--http-ports", type=int, default=0, help="plain-HTTP ports to open (http_backends.HttpOk)")
     parser.add_argument("--lifetime", type=float, default=1800.0, help="exit after this many seconds regardless")
     args = parser.parse_args()
     backends.raise_nofile()
-    uvloop.run(serve(args.ports, args.lifetime))
+    uvloop.run(serve(args.ports, args.http_ports, args.lifetime))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ Owns the client side of the WebSocket workloads and their measured windows:
   closes) and the round-trip time of every message echoed inside the window;
 - ``idle``: N upgraded connections, each proven end to end by one echoed
   message and left open; the proxy's RSS before and after;
+- ``wrk``: plain HTTP/1.1 GETs through the same listeners, by ``wrk``
+  (``http_loadgen``);
 - ``sanity``: a real ``websockets`` client against each target (handshake,
   short/medium/long frames, a fragmented message, a ping, the closing
   handshake), proof that the hand-rolled client and server speak WebSocket.
@@ -32,6 +34,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import http_loadgen
 import loadgen
 import procstat
 import ws_wire as wire
@@ -311,7 +314,12 @@ async def sanity(spec: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True, "checks": checks}
 
 
-WORKLOADS: dict[str, Callable[[dict[str, Any]], Any]] = {"messages": messages, "idle": idle, "sanity": sanity}
+WORKLOADS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "messages": messages,
+    "idle": idle,
+    "sanity": sanity,
+    "wrk": http_loadgen.wrk,  # plain HTTP through the same listeners
+}
 
 
 def main() -> None:
