@@ -334,7 +334,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=30, help="connections held in the burst part (default 30: 10 a backend)")
     parser.add_argument("--plot", action="store_true", help="also draw docs/images/workers.png")
     parser.add_argument("--output", type=Path, help="JSON file (default benchmarks/results/workers_bench-TIME.json)")
-    args = parser.parse_args()
+    # `make bench BENCH_ARGS=...` hands every suite the same flags: ignore the
+    # other suites' ones rather than fail.
+    args, unknown = parser.parse_known_args()
+    if unknown:
+        print(f"workers_bench: ignoring {' '.join(unknown)}", file=sys.stderr)
     repeat = args.repeat or (1 if args.quick else 3)
     duration = 2.0 if args.quick else 5.0
     rounds = 10 if args.quick else args.rounds
