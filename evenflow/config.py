@@ -53,6 +53,10 @@ DEFAULT_MAX_CONNECTIONS = 8192
 # A real client sends its whole request head in one packet; 10 s is generous
 # for a slow mobile link and still cuts a slowloris client off.
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+# How long a keep-alive client connection may sit between two plain HTTP
+# requests: below the 75 s of nginx and the 60-120 s browsers keep an idle
+# connection, so the proxy is usually the side that closes it first.
+DEFAULT_KEEPALIVE_TIMEOUT = 60.0
 # Request line plus headers, and the number of header fields: browsers stay
 # far below both; past them a request is a mistake or an attack (431).
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024
@@ -105,6 +109,7 @@ class ListenerConfig:
     rebalance: RebalanceConfig | None = None
     # websocket listeners only (max_header_bytes: grpc too)
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     max_header_fields: int = DEFAULT_MAX_HEADER_FIELDS
     close_rate: float = DEFAULT_CLOSE_RATE
@@ -165,6 +170,7 @@ _LISTENER_KEYS = (
     "max_connections",
     "max_connections_per_backend",
     "handshake_timeout",
+    "keepalive_timeout",
     "max_header_bytes",
     "max_header_fields",
     "close_rate",
@@ -187,7 +193,7 @@ _LISTENER_KEYS = (
     "tls",
     "upstream_tls",
 )
-_WEBSOCKET_ONLY = ("max_header_fields", "close_rate")
+_WEBSOCKET_ONLY = ("max_header_fields", "close_rate", "keepalive_timeout")
 _GRPC_ONLY = ("max_concurrent_streams", "max_upstream_connections", "max_message_size", "stream_window", "serve_health")
 
 
@@ -273,6 +279,10 @@ def _parse_listener(item: Any, path: str, default_drain: float) -> ListenerConfi
         kwargs["handshake_timeout"] = parse_duration(data["handshake_timeout"], f"{path}.handshake_timeout")
         if kwargs["handshake_timeout"] == 0:
             raise ConfigError(f"{path}.handshake_timeout", "must be greater than zero")
+    if "keepalive_timeout" in data:
+        kwargs["keepalive_timeout"] = parse_duration(data["keepalive_timeout"], f"{path}.keepalive_timeout")
+        if kwargs["keepalive_timeout"] == 0:
+            raise ConfigError(f"{path}.keepalive_timeout", "must be greater than zero")
     if "max_header_bytes" in data and protocol == "tcp":
         raise ConfigError(f"{path}.max_header_bytes", "only for protocol websocket or grpc (this listener is tcp)")
     if "max_header_bytes" in data:

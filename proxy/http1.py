@@ -74,6 +74,11 @@ _ABSOLUTE_FORM = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://[^/?]*")
 # Connection and Upgrade fields are hop-by-hop too, but a WebSocket upgrade
 # has to reach the backend with them, so they are kept.
 _NOT_FORWARDED = frozenset({b"proxy-connection", b"keep-alive"})
+# Fields a client's Connection header may not name for removal: the framing,
+# the Host that routes, and what this hop appends.
+_NEVER_DROPPED = frozenset(
+    {b"host", b"content-length", b"transfer-encoding", b"x-forwarded-for", b"x-forwarded-proto", b"forwarded"}
+)
 # Fields error_response() writes itself; an extra copy would contradict it.
 _RESERVED_IN_ERRORS = frozenset({b"content-type", b"content-length", b"connection", b"transfer-encoding"})
 
@@ -519,7 +524,13 @@ def _append_element(existing: bytes, element: bytes) -> bytes:
 
 
 def forward_request_head(
-    head: RequestHead, *, client_ip: str, proto: str = "http", proxy_host: str | None = None, close: bool = False
+    head: RequestHead,
+    *,
+    client_ip: str,
+    proto: str = "http",
+    proxy_host: str | None = None,
+    close: bool = False,
+    keep_alive: bool = False,
 ) -> bytes:
     """The head as sent to the backend.
 
@@ -531,8 +542,11 @@ def forward_request_head(
     element ``for=...;proto=...`` (with ``;by=proxy_host`` when given) is
     appended to Forwarded. Proxy-Connection and Keep-Alive are dropped.
 
-    ``close=True`` is for a plain request proxied alone on its connection:
-    Connection and Upgrade are dropped and ``Connection: close`` added.
+    ``close=True`` is for a plain request after which the connection ends,
+    ``keep_alive=True`` for one on a connection kept for more: either way the
+    request is not an upgrade, so Connection, Upgrade and the fields that
+    Connection names (RFC 9110 §7.6.1) are dropped; ``close`` then adds
+    ``Connection: close``, and keep-alive adds nothing (HTTP/1.1's default).
     """
     if _SCHEME.fullmatch(proto) is None:
         raise ValueError(f"proto {proto!r} is not a URI scheme")
@@ -541,7 +555,12 @@ def forward_request_head(
     if proxy_host is not None:
         element += b";by=" + _forwarded_value(proxy_host)
 
-    drop = (_NOT_FORWARDED | {b"connection", b"upgrade"}) if close else _NOT_FORWARDED
+    drop = _NOT_FORWARDED
+    if close or keep_alive:
+        # A client cannot make us strip what frames or routes the request,
+        # nor the fields this hop adds.
+        named = frozenset(_tokens(head.headers, b"connection")) - _NEVER_DROPPED
+        drop = drop | named | {b"connection", b"upgrade"}
     fields: list[tuple[bytes, bytes]] = []
     xff = forwarded = -1  # index of the last line of each
     proto_set = False

@@ -478,18 +478,20 @@ class TcpListener:
             stats.duration_seconds.observe(now - conn.connected_at)
             self._release(backend)
         if access_log.isEnabledFor(logging.INFO):
-            access_log.info(
-                "connection end",
-                extra={
-                    "listener": self.name,
-                    "client": _peer(conn),
-                    "backend": backend.address if backend is not None else None,
-                    "duration": round(now - conn.started, 6),
-                    "bytes_up": up,
-                    "bytes_down": down,
-                    "end": conn.reason or "unknown",
-                },
-            )
+            fields: dict[str, object] = {
+                "listener": self.name,
+                "client": _peer(conn),
+                "backend": backend.address if backend is not None else None,
+                "duration": round(now - conn.started, 6),
+                "bytes_up": up,
+                "bytes_down": down,
+                "end": conn.reason or "unknown",
+            }
+            self.access_fields(conn, fields)
+            access_log.info("connection end", extra=fields)
+
+    def access_fields(self, conn: ClientSide, fields: dict[str, object]) -> None:
+        """Protocol-specific additions to a connection's access line (in place)."""
 
     # -- views -----------------------------------------------------------------
 

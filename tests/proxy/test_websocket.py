@@ -177,7 +177,7 @@ async def test_connections_spread_evenly_by_the_servers_count(proxy) -> None:
             await asyncio.gather(*(c.close() for c in clients))
 
 
-async def test_plain_http_requests_are_proxied_one_per_connection(proxy) -> None:
+async def test_plain_http_requests_are_proxied_with_keep_alive(proxy) -> None:
     hits: list[str] = []
 
     big = os.urandom(3 * MiB)
@@ -203,7 +203,14 @@ async def test_plain_http_requests_are_proxied_one_per_connection(proxy) -> None
     try:
         port = free_port()
         proxy({"listeners": [ws_listener(port, [f"{HOST}:{p}" for p in ports])]})
-        async with aiohttp.ClientSession() as session:
+        opened: list[int] = []
+
+        async def on_create(*_: Any) -> None:
+            opened.append(1)
+
+        trace = aiohttp.TraceConfig()
+        trace.on_connection_create_end.append(on_create)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), trace_configs=[trace]) as session:
             for _ in range(6):
                 async with session.get(f"http://{HOST}:{port}/hello") as resp:
                     assert resp.status == 200
@@ -212,6 +219,7 @@ async def test_plain_http_requests_are_proxied_one_per_connection(proxy) -> None
             async with session.get(f"http://{HOST}:{port}/blob") as resp:
                 assert await resp.read() == big
         assert hits == ["127.0.0.1"] * 6
+        assert opened == [1]  # one client connection carried every request
     finally:
         for r in runners:
             await r.cleanup()
