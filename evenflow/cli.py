@@ -122,8 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "check":
         listeners = ", ".join(f"{lc.name} ({lc.protocol} {lc.listen})" for lc in config.listeners)
-        workers = "" if config.workers == 1 else f"; workers {config.workers}"
-        print(f"config ok: {len(config.listeners)} listener(s): {listeners}; admin {config.admin}{workers}")
+        more = "" if config.workers == 1 else f"; workers {config.workers}"
+        print(f"config ok: {len(config.listeners)} listener(s): {listeners}; admin {config.admin}{more}")
         return EXIT_OK
     logs.setup(args.log_level, args.log_format)
     spec = os.environ.get(WORKER_ENV)
