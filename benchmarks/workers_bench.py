@@ -227,6 +227,9 @@ async def churn(proxy: Proxy, ports: list[int], rounds: int, size: int, seed: in
         for writer in rng.sample(held, len(held) // 3):
             held.remove(writer)
             writer.close()
+        # Let the closes reach the proxy first: what is measured is how a
+        # burst is placed on settled counts, not a race with the closes.
+        await asyncio.sleep(0.2)
         await burst(size // 3)
         await asyncio.sleep(0.2)  # the closes reach the backends' sockets
         counts = [established(p) for p in ports]
