@@ -18,7 +18,7 @@ So the proxy looks for itself, three ways:
 - a backend connect failing with EMFILE/ENFILE (the usual first sign in a
   proxy: the accept took the last descriptor, the connect finds none) is
   the process's fault, not the backend's: the listener closes that client
-  and blames no backend (see ``TcpListener._connect_any``);
+  and blames no backend (see ``TcpListener._connect``);
 - ``watch`` opens ``/dev/null`` once a second: failing with EMFILE/ENFILE
   means the process is at its limit, so each accepting listener is having
   clients closed unseen; it counts one per listener per probe;

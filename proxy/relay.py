@@ -43,9 +43,12 @@ BULK_READS_TO_SPLICE = 16
 class _Side(asyncio.Protocol):
     """One socket of the pair; ``out`` is the other socket's transport."""
 
-    __slots__ = ("bytes", "conn", "eof", "lost", "out", "transport")
+    # ``conn`` (the connection's owner) is a slot of UpstreamSide only; the
+    # client side is its own owner, a property: one slot less per connection
+    # and no self-reference cycle.
+    __slots__ = ("bytes", "eof", "lost", "out", "transport")
 
-    conn: ClientSide  # the connection's owner: the client side itself, or its peer
+    conn: ClientSide  # the owner: a slot of UpstreamSide, a property of ClientSide (itself)
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -84,44 +87,64 @@ class _Side(asyncio.Protocol):
 class UpstreamSide(_Side):
     """The socket to the backend; everything but forwarding is the client's."""
 
-    __slots__ = ("client",)
+    # ``client`` is an alias of ``conn`` (a property, not a second slot): with
+    # six slots the object fits pymalloc's 80-byte class instead of 96.
+    __slots__ = ("conn",)
 
     def __init__(self, client: ClientSide) -> None:
-        super().__init__()
-        self.client = client
+        # _Side.__init__ inlined: no super() lookup per connection.
+        self.transport: asyncio.Transport | None = None
+        self.out: asyncio.Transport | None = None
+        self.bytes = 0
+        self.eof = False
+        self.lost = False
         self.conn = client
+
+    @property
+    def client(self) -> ClientSide:
+        return self.conn
+
+    @client.setter
+    def client(self, value: ClientSide) -> None:
+        self.conn = value
 
     #: Relay backend bytes from the moment of connect: a backend may speak
     #: first (a banner, a flood) before the connect task resumes to attach.
     early_relay = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        listener = self.client.listener
-        if listener.send_proxy is not None:
+        # _Side.connection_made inlined (no super() per connection).
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)  # type: ignore[attr-defined]
+        client = self.conn
+        send_proxy = client.listener.send_proxy
+        if send_proxy is not None:
             # Before any client byte: the backend reads the real client first.
-            transport.write(listener.send_proxy(self.client))  # type: ignore[attr-defined]
+            transport.write(send_proxy(client))  # type: ignore[attr-defined]
         if self.early_relay:
-            self.out = self.client.transport
+            self.out = client.transport
 
     def eof_received(self) -> bool:
         self.eof = True
-        self.client.peer_eof(self, self.client)
+        client = self.conn
+        client.peer_eof(self, client)
         return _keeps_half_open(self.transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        self.client.side_lost(self, exc)
+        self.conn.side_lost(self, exc)
 
 
 class ClientSide(_Side):
     """The accepted socket, and the owner of the proxied connection's life."""
 
+    # Every slot is 8 bytes of every connection, idle or not: with these 22
+    # (the connect deadline and the PROXY header's timer live in the listener,
+    # ``conn`` is a property) the object takes pymalloc's 208-byte class, not 240.
     __slots__ = (
         "backend",
         "bulk_reads",
         "connect_task",
-        "connect_timed_out",
         "connected_at",
         "finished",
         "idle_seen",
@@ -131,7 +154,6 @@ class ClientSide(_Side):
         "pending_size",
         "proxied_peer",
         "proxy_buf",
-        "proxy_timer",
         "reason",
         "splicer",
         "started",
@@ -140,7 +162,12 @@ class ClientSide(_Side):
     )
 
     def __init__(self, listener: TcpListener) -> None:
-        super().__init__()
+        # _Side.__init__ inlined: no super() lookup per connection.
+        self.transport: asyncio.Transport | None = None
+        self.out: asyncio.Transport | None = None
+        self.bytes = 0
+        self.eof = False
+        self.lost = False
         self.listener = listener
         self.upstream: UpstreamSide | None = None
         self.backend: Backend | None = None
@@ -151,23 +178,28 @@ class ClientSide(_Side):
         self.connected_at = 0.0
         self.reason: str | None = None
         self.connect_task: asyncio.Task[None] | None = None
-        self.connect_timed_out = False
         self.finished = False
         self.idle_seen = 0
         self.idle_since = 0.0
         self.bulk_reads = 0
         self.splicer: splice.Splicer | None = None
-        self.conn = self
         # accept_proxy_protocol: the header's bytes so far (None: none
-        # expected, or already read), the client it named, and its deadline.
+        # expected, or already read) and the client it named (its deadline
+        # is the listener's ``proxy_timers``).
         self.proxy_buf: bytes | None = None
         self.proxied_peer: tuple[str, int] | None = None
-        self.proxy_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def conn(self) -> ClientSide:  # type: ignore[override]
+        """The connection's owner: the client side is its own."""
+        return self
 
     # -- accept and connect ---------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
+        # _Side.connection_made inlined (no super() per connection).
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)  # type: ignore[attr-defined]
         self.listener.accepted(self)
 
     def data_received(self, data: bytes) -> None:
@@ -313,8 +345,7 @@ class ClientSide(_Side):
         # pair at once instead of leaving it to the cyclic collector.
         up = self.upstream
         if up is not None:
-            up.client = up.conn = None  # type: ignore[assignment]
-        self.conn = None  # type: ignore[assignment]
+            up.conn = None  # type: ignore[assignment]
         self.splicer = None
 
     @property

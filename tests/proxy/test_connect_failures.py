@@ -96,6 +96,27 @@ async def test_all_backends_black_holed_closes_client_after_the_timeouts(proxy, 
     writer.close()
 
 
+async def test_staggered_connects_each_get_their_own_deadline(proxy, black_hole: str) -> None:
+    """Connect deadlines share one timer per listener (a queue in deadline
+    order): each client still waits its own connect_timeout, not the first's."""
+    port = free_port()
+    p = proxy({"listeners": [tcp_listener(port, [black_hole], connect_timeout="400ms", outlier_detection="off")]})
+    loop = asyncio.get_running_loop()
+
+    async def one(delay: float) -> float:
+        await asyncio.sleep(delay)
+        t0 = loop.time()
+        reader, writer = await asyncio.open_connection(HOST, port)
+        await expect_closed(reader)
+        writer.close()
+        return loop.time() - t0
+
+    took = await asyncio.gather(*(one(0.15 * i) for i in range(4)))
+    assert all(0.35 < t < 2.0 for t in took), took
+    text = (await p.aget("/metrics"))[1].decode()
+    assert metric(text, "evenflow_backend_connect_timeouts_total", backend=black_hole) == 4
+
+
 async def test_max_connections_refuses_the_excess(proxy) -> None:
     (live,) = await start_backends(1)
     port = free_port()
