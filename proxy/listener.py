@@ -23,7 +23,7 @@ from evenflow.config import ListenerConfig
 from proxy import proxyproto
 from proxy.fdguard import FD_EXHAUSTED, FdReport
 from proxy.limits import pick_open
-from proxy.relay import ClientSide
+from proxy.relay import ClientSide, reset
 from proxy.stats import BackendStats, ListenerStats
 from proxy.tls import ServerTls, UpstreamTls
 
@@ -209,9 +209,15 @@ class TcpListener:
             conn.transport.abort()
 
     def unserved(self, conn: ClientSide, reason: str) -> None:
-        """No backend could take the client: raw TCP can only reset it."""
+        """No backend could take the client: raw TCP can only close it. When
+        its backends failed (one reset as it accepted), it is a reset, not a
+        FIN: a client that sent its request and half-closed would read a FIN
+        as a complete, empty answer."""
         if conn.transport is not None:
-            conn.transport.abort()
+            if reason == "backends_failed":
+                reset(conn.transport)
+            else:
+                conn.transport.abort()
 
     def backend_draining(self, backend: Backend) -> None:
         """Called when a backend turns draining (its deadline is already set)."""

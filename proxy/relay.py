@@ -312,7 +312,7 @@ class ClientSide(_Side):
             if exc is None or side.eof:
                 other.transport.close()
             else:
-                _reset(other.transport)
+                reset(other.transport)
         if client_side and self.connect_task is not None and not self.connect_task.done():
             self.connect_task.cancel()
         if self.lost and (self.upstream is None or self.upstream.lost or self.upstream.transport is None):
@@ -373,7 +373,7 @@ def _keeps_half_open(transport: asyncio.Transport | None) -> bool:
     return transport is not None and transport.can_write_eof()
 
 
-def _reset(transport: asyncio.Transport) -> None:
+def reset(transport: asyncio.Transport) -> None:
     """Close with a TCP reset, not a FIN: a peer must never mistake a
     crash on the other side for the clean end of a stream. (abort() alone
     sends a FIN when nothing is left unread.)"""
