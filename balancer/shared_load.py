@@ -143,7 +143,7 @@ class SharedPool(BackendPool):
     microseconds.
     """
 
-    __slots__ = ("_columns", "_pending", "row", "table")
+    __slots__ = ("_columns", "_contended", "_pending", "row", "table")
 
     def __init__(self, policy: Policy, table: LoadTable, row: int) -> None:
         super().__init__(policy)
@@ -153,6 +153,8 @@ class SharedPool(BackendPool):
         self._columns: dict[str, int] = {}
         #: A backend ``pick`` counted in advance, until ``acquire`` takes it over.
         self._pending: SharedBackend | None = None
+        #: The policy's race check (least connections has one; others pick without it).
+        self._contended = getattr(policy, "contended", None)
 
     def set_columns(self, columns: dict[str, int]) -> None:
         self._columns = columns
@@ -166,28 +168,21 @@ class SharedPool(BackendPool):
 
     def pick(self, exclude: Collection[Backend] = (), ctx: PickContext = NO_CONTEXT) -> Backend | None:
         self.unpick()
-        policy = self.policy
-        contended = getattr(policy, "contended", None)
+        contended = self._contended
         eligible = self._eligible
-        backend = policy.pick(eligible, exclude, ctx)
-        if not isinstance(backend, SharedBackend):
-            return backend
-        # Count it now, before looking again: that is what lets a racing
-        # worker see this pick (and this one see theirs).
-        backend.publish(1)
-        self._pending = backend
-        if contended is None:
-            return backend
-        for _ in range(CONTENTION_RETRIES):
-            if not contended(backend, eligible, exclude):
-                break
-            self.unpick()
-            backend = policy.pick(eligible, exclude, ctx)
+        attempt = 0
+        while True:
+            backend = self.policy.pick(eligible, exclude, ctx)
             if not isinstance(backend, SharedBackend):
                 return backend
+            # Count it now, before looking again: that is what lets a racing
+            # worker see this pick (and this one see theirs).
             backend.publish(1)
             self._pending = backend
-        return backend
+            if contended is None or attempt == CONTENTION_RETRIES or not contended(backend, eligible, exclude):
+                return backend
+            self.unpick()
+            attempt += 1
 
     def unpick(self) -> None:
         pending = self._pending

@@ -30,7 +30,6 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -43,7 +42,7 @@ from evenflow.aggregate import merge_backends, merge_metrics, retire
 from evenflow.config import Config, ListenerConfig, route_listener_config
 from evenflow.runtime import SOURCE_RESTART_DELAY, discovery_for
 from evenflow.worker import ENV, WorkerSpec
-from proxy.admin import AdminServer, bearer_auth
+from proxy.admin import AdminServer, bearer_auth, healthz, metrics_response, readyz_response
 from proxy.dashboard import Dashboard
 
 log = logging.getLogger("evenflow.supervisor")
@@ -358,22 +357,15 @@ class Supervisor:
         async def metrics(_: web.Request) -> web.Response:
             texts = await self._ask_all("/metrics")
             own.merged = merge_metrics([self.retired_metrics, *texts], self.config.shared_load)
-            body = generate_latest(registry)
-            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-        async def healthz(_: web.Request) -> web.Response:
-            return web.Response(text="ok\n")
+            return metrics_response(registry)
 
         async def readyz(_: web.Request) -> web.Response:
-            why = self.readiness()
-            if why is not None:
-                return web.Response(status=503, text=why + "\n")
             notes = [
                 f"listener {name}: {source.describe}: {source.status.error}"
                 for name, source in self.sources.items()
                 if source.status.error
             ]
-            return web.Response(text="ready\n" + "".join(note + "\n" for note in notes))
+            return readyz_response(self.readiness(), notes)
 
         async def backends(_: web.Request) -> web.Response:
             doc = await self.backends_doc()

@@ -20,6 +20,7 @@ import logging
 import mmap
 import os
 import signal
+import socket
 from dataclasses import dataclass
 
 from balancer.endpoint import Endpoint, EndpointSet
@@ -95,7 +96,7 @@ class WorkerLink:
         return min(waiting) if waiting else self.received
 
     async def read(self, on_close: asyncio.Event) -> None:
-        reader, writer = await asyncio.open_connection(sock=_socket_from_fd(self.spec.control_fd))
+        reader, writer = await asyncio.open_connection(sock=socket.socket(fileno=self.spec.control_fd))
         try:
             while line := await reader.readline():
                 self.handle(json.loads(line))
@@ -119,12 +120,6 @@ class WorkerLink:
         while True:
             self.row[GENERATION] = self.applied()
             await asyncio.sleep(ACK_INTERVAL)
-
-
-def _socket_from_fd(fd: int) -> object:
-    import socket
-
-    return socket.socket(fileno=fd)
 
 
 def run_worker(config: Config, spec: WorkerSpec) -> int:

@@ -125,18 +125,29 @@ def bearer_auth(token: str) -> Middleware:
     return auth
 
 
+def metrics_response(registry: CollectorRegistry) -> web.Response:
+    return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+def readyz_response(why: str | None, notes: Sequence[str]) -> web.Response:
+    """``503`` and why not; or ``200 ready`` and the troubles worth an operator's look."""
+    if why is not None:
+        return web.Response(status=503, text=why + "\n")
+    return web.Response(text="ready\n" + "".join(note + "\n" for note in notes))
+
+
 def make_app(state: AdminState, token: str | None = None) -> web.Application:
     async def metrics(_: web.Request) -> web.Response:
-        body = generate_latest(state.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def healthz(_: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
+        return metrics_response(state.registry)
 
     async def readyz(_: web.Request) -> web.Response:
         why = state.readiness()
         if why is not None:
-            return web.Response(status=503, text=why + "\n")
+            return readyz_response(why, ())
         # Ready, but a source in trouble (or an empty pool) is worth saying
         # here too: an operator's first look is often this endpoint.
         notes = [
@@ -149,7 +160,7 @@ def make_app(state: AdminState, token: str | None = None) -> web.Application:
             for listener in state.listeners()
             if not listener.pool.eligible and listener.config.has_default
         ]
-        return web.Response(text="ready\n" + "".join(note + "\n" for note in notes))
+        return readyz_response(None, notes)
 
     async def backends(_: web.Request) -> web.Response:
         return web.json_response(backends_view(state.listeners()))
